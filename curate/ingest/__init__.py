@@ -1,0 +1,241 @@
+"""Ingestion: raw files → records (pending), rejects-with-reason, document chunks.
+
+:func:`ingest_paths` walks the given files/folders, picks a reader per file
+(``--kind`` or auto-detection, below), scrubs PII, assigns splits and writes
+in batches of ``batch_size`` — each batch one transaction, so a crash loses at
+most the batch in flight and a rerun (idempotent: ids are content hashes)
+completes the job.
+
+Auto-detection by extension and a peek at the content:
+
+=====================  ===============================================
+``.csv .tsv``           tickets
+``.jsonl .ndjson``      chat files if the first object has ``messages``,
+                        ``conversations`` or ``instruction``; else tickets
+``.json``               transcripts if items have ``original``/``turns``
+                        /``dialogue``; chat files if ``messages``/
+                        ``conversations``/``instruction``; else tickets
+``.vtt .srt``           transcripts
+``.txt``                transcripts if ≥ 2 lines look like ``Speaker: …``, else docs
+``.md .markdown .html`` docs
+=====================  ===============================================
+
+Skipped when walking a folder: ``README*``, ``LICENSE*``, ``*.toml``, hidden
+files, and the workspace folder itself. A ``mapping.toml`` (or
+``<stem>.mapping.toml``) beside a file is used as its mapping unless
+``--mapping`` is given.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..example import Example
+from ..store import Store
+from .common import Chunk, ReadOptions, Reject
+
+KINDS = ("tickets", "transcripts", "docs", "chat")
+SKIP_PREFIXES = ("readme", "license", "licence", "notice")
+SPEAKER_LINE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?[A-Za-z][\w .'-]{0,30}:\s+\S")
+
+
+@dataclass
+class FileReport:
+    file: str
+    kind: str
+    read: int = 0
+    added: int = 0
+    already_present: int = 0
+    rejected: int = 0
+    chunks_added: int = 0
+    chunks_present: int = 0
+
+
+@dataclass
+class IngestReport:
+    files: list[FileReport] = field(default_factory=list)
+    rejects_file: str | None = None
+
+    def totals(self) -> dict[str, int]:
+        keys = ("read", "added", "already_present", "rejected", "chunks_added", "chunks_present")
+        return {k: sum(getattr(f, k) for f in self.files) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"totals": self.totals(), "files": [f.__dict__ for f in self.files], "rejects_file": self.rejects_file}
+
+
+def load_mapping(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"mapping file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"mapping file {path}: invalid TOML: {e}") from None
+
+
+def _peek_json_keys(path: Path) -> set[str]:
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            with open(path, "r", encoding="utf-8-sig", errors="replace") as f:
+                for line in f:
+                    if line.strip():
+                        obj = json.loads(line)
+                        return set(obj) if isinstance(obj, dict) else set()
+            return set()
+        with open(path, "r", encoding="utf-8-sig", errors="replace") as f:
+            head = f.read(200_000)
+        # cheap: key names appearing in the head
+        return set(re.findall(r'"([A-Za-z_]+)"\s*:', head[:20000]))
+    except (OSError, ValueError):
+        return set()
+
+
+def detect_kind(path: Path) -> str | None:
+    s = path.suffix.lower()
+    if s in (".csv", ".tsv"):
+        return "tickets"
+    if s in (".vtt", ".srt"):
+        return "transcripts"
+    if s in (".md", ".markdown", ".html", ".htm"):
+        return "docs"
+    if s in (".jsonl", ".ndjson", ".json"):
+        keys = _peek_json_keys(path)
+        if keys & {"messages", "conversations", "instruction"}:
+            return "chat"
+        if s == ".json" and keys & {"original", "turns", "dialogue", "utterances"}:
+            return "transcripts"
+        return "tickets"
+    if s == ".txt":
+        try:
+            with open(path, "r", encoding="utf-8-sig", errors="replace") as f:
+                lines = [next(f, "") for _ in range(40)]
+        except OSError:
+            return "docs"
+        return "transcripts" if sum(bool(SPEAKER_LINE.match(ln)) for ln in lines) >= 2 else "docs"
+    return None
+
+
+def _reader(kind: str):
+    from . import chatfiles, docs, tickets, transcripts
+
+    return {"tickets": tickets.read, "transcripts": transcripts.read, "docs": docs.read, "chat": chatfiles.read}[kind]
+
+
+def walk(paths: Iterable[str | Path], workspace: Path | None = None) -> Iterator[Path]:
+    ws = workspace.resolve() if workspace else None
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for q in sorted(p.rglob("*")):
+                if not q.is_file():
+                    continue
+                rel = q.relative_to(p)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                if ws and ws in q.resolve().parents:
+                    continue
+                if q.name.lower().startswith(SKIP_PREFIXES) or q.suffix.lower() == ".toml":
+                    continue
+                yield q
+        else:
+            yield p
+
+
+def _mapping_for(path: Path, explicit: dict[str, Any] | None) -> dict[str, Any]:
+    if explicit:
+        return explicit
+    for cand in (path.with_name(path.stem + ".mapping.toml"), path.with_name("mapping.toml")):
+        if cand.exists():
+            return load_mapping(cand)
+    return {}
+
+
+def ingest_paths(
+    store: Store,
+    paths: Iterable[str | Path],
+    kind: str | None = None,
+    mapping: dict[str, Any] | None = None,
+    batch_size: int = 2000,
+    progress: bool = False,
+    opts: ReadOptions | None = None,
+) -> IngestReport:
+    """Ingest files/folders into ``store``; returns per-file counts.
+
+    Nothing is silently dropped: every item a reader yields is added, counted as
+    already present, or recorded as a reject (store table + rejects JSONL).
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    report = IngestReport()
+    rejects_path = store.workspace / "rejects" / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    rej_f = None
+    files = list(walk(paths, store.workspace))
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" rows", desc="ingest", dynamic_ncols=True)
+    try:
+        for path in files:
+            k = kind or detect_kind(path)
+            fr = FileReport(file=str(path), kind=k or "unknown")
+            report.files.append(fr)
+            if k is None:
+                items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
+            else:
+                o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
+                items = _reader(k)(path, o)
+            ex_buf: list[Example] = []
+            rj_buf: list[Reject] = []
+            ch_buf: list[Chunk] = []
+
+            def flush() -> None:
+                nonlocal rej_f
+                if ex_buf:
+                    added, present = store.add_examples(ex_buf)
+                    fr.added += len(added)
+                    fr.already_present += len(present)
+                if ch_buf:
+                    a, p = store.add_chunks([c.to_dict() for c in ch_buf])
+                    fr.chunks_added += a
+                    fr.chunks_present += p
+                if rj_buf:
+                    store.add_rejects([r.to_dict() for r in rj_buf])
+                    if rej_f is None:
+                        rej_f = open(rejects_path, "a", encoding="utf-8")
+                        report.rejects_file = str(rejects_path)
+                    for r in rj_buf:
+                        rej_f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+                    rej_f.flush()
+                if bar is not None:
+                    bar.update(len(ex_buf) + len(rj_buf) + len(ch_buf))
+                ex_buf.clear(), rj_buf.clear(), ch_buf.clear()
+
+            for it in items:
+                fr.read += 1
+                if isinstance(it, Example):
+                    ex_buf.append(it)
+                elif isinstance(it, Chunk):
+                    ch_buf.append(it)
+                else:
+                    fr.rejected += 1
+                    rj_buf.append(it)
+                if len(ex_buf) + len(rj_buf) + len(ch_buf) >= batch_size:
+                    flush()
+            flush()
+    finally:
+        if rej_f is not None:
+            rej_f.close()
+        if bar is not None:
+            bar.close()
+    return report

@@ -1,0 +1,11 @@
+"""Reader for transcripts (to be completed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from .common import ReadOptions, Reject
+
+
+def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[Any]:
+    yield Reject(str(path), "file", "transcripts reader not implemented yet")

@@ -1,0 +1,440 @@
+"""The store: one SQLite file (WAL mode) per workspace, the source of truth.
+
+Tables
+------
+``records``      one row per :class:`~curate.example.Example` (id = content hash).
+                 ``status`` and ``version`` are a cache of what the review events
+                 say (see :mod:`curate.status`); they are only ever written by
+                 :meth:`Store.add_event` in the same transaction as the event.
+                 ``dup_of``/``leak``/``reward`` mirror ``signals`` for indexed filters.
+``occurrences``  every (file, location) a record was seen at, so an exact
+                 duplicate row keeps its provenance instead of vanishing.
+``groups``       the split of each group, fixed at first sight (never moves).
+``events``       append-only review events (who, when, action, reason, front-end).
+``rejects``      input that could not become a record, with file/loc/field/reason.
+``chunks``       document chunks (inputs to doc-grounded synthesis).
+``cache``        key/value cache (synthesis responses …) by namespace.
+``embeddings``   embedding vectors by (record id, model).
+``meta``         small JSON blobs (last dedup/leakage counters …).
+
+Every write is a transaction; ``BEGIN IMMEDIATE`` serialises writers so an
+optimistic version check and its event insert are atomic.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .example import Example, Source
+from .status import ACTIONS, derive_status
+from .workspace import WorkspaceConfig, resolve
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  messages TEXT NOT NULL,
+  source_kind TEXT NOT NULL, source_file TEXT, source_loc TEXT, source_ref TEXT,
+  grp TEXT NOT NULL, split TEXT NOT NULL,
+  origin_kind TEXT NOT NULL, origin TEXT NOT NULL,
+  signals TEXT NOT NULL DEFAULT '{}',
+  label TEXT, parent_id TEXT,
+  created_at REAL NOT NULL,
+  status TEXT NOT NULL DEFAULT 'pending',
+  version INTEGER NOT NULL DEFAULT 0,
+  dup_of TEXT, leak INTEGER NOT NULL DEFAULT 0, reward REAL
+);
+CREATE INDEX IF NOT EXISTS records_status ON records(status, seq);
+CREATE INDEX IF NOT EXISTS records_split ON records(split, status);
+CREATE INDEX IF NOT EXISTS records_origin ON records(origin_kind, status);
+CREATE INDEX IF NOT EXISTS records_kind ON records(source_kind, status);
+CREATE INDEX IF NOT EXISTS records_label ON records(label);
+CREATE INDEX IF NOT EXISTS records_grp ON records(grp);
+CREATE INDEX IF NOT EXISTS records_parent ON records(parent_id);
+CREATE TABLE IF NOT EXISTS occurrences (
+  record_id TEXT NOT NULL, file TEXT NOT NULL, loc TEXT NOT NULL,
+  PRIMARY KEY (record_id, file, loc)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+  grp TEXT PRIMARY KEY, split TEXT NOT NULL, label TEXT, assigned_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  record_id TEXT NOT NULL, reviewer TEXT NOT NULL, action TEXT NOT NULL,
+  reason TEXT, new_record_id TEXT, undoes INTEGER, frontend TEXT NOT NULL,
+  created_at REAL NOT NULL, external_id TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS events_record ON events(record_id, id);
+CREATE INDEX IF NOT EXISTS events_reviewer ON events(reviewer, id);
+CREATE TABLE IF NOT EXISTS rejects (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  file TEXT NOT NULL, loc TEXT NOT NULL, field TEXT, reason TEXT NOT NULL, raw TEXT,
+  created_at REAL NOT NULL, UNIQUE(file, loc, reason)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+  id TEXT PRIMARY KEY, file TEXT NOT NULL, loc TEXT NOT NULL, grp TEXT NOT NULL,
+  title TEXT, text TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+  ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, created_at REAL NOT NULL,
+  PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS embeddings (
+  record_id TEXT NOT NULL, model TEXT NOT NULL, dim INTEGER NOT NULL, vec BLOB NOT NULL,
+  PRIMARY KEY (record_id, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+RECORD_COLS = (
+    "id, messages, source_kind, source_file, source_loc, source_ref, grp, split, origin_kind, origin, "
+    "signals, label, parent_id, created_at, status, version, seq"
+)
+
+
+class ConflictError(RuntimeError):
+    """A writer acted on a version of a record that is no longer current."""
+
+    def __init__(self, record_id: str, expected: int, current: int, status: str):
+        self.record_id, self.expected, self.current, self.status = record_id, expected, current, status
+        super().__init__(
+            f"record {record_id} changed since you loaded it (you saw version {expected}, it is now "
+            f"version {current}, status {status}); reload it and decide again"
+        )
+
+
+class NotFound(KeyError):
+    pass
+
+
+def _row_to_example(r: sqlite3.Row) -> Example:
+    ex = Example.__new__(Example)  # trusted rows: skip re-validation for speed
+    ex.id = r["id"]
+    ex.messages = json.loads(r["messages"])
+    ex.source = Source(kind=r["source_kind"], file=r["source_file"] or "", loc=r["source_loc"] or "", ref=r["source_ref"] or "")
+    ex.group, ex.split = r["grp"], r["split"]
+    ex.origin = json.loads(r["origin"])
+    ex.signals = json.loads(r["signals"])
+    ex.label, ex.parent_id = r["label"], r["parent_id"]
+    ex.created_at, ex.status = r["created_at"], r["status"]
+    ex.version = r["version"]  # type: ignore[attr-defined]
+    ex.seq = r["seq"]  # type: ignore[attr-defined]
+    return ex
+
+
+def _signal_columns(signals: dict[str, Any]) -> tuple[Any, int, Any]:
+    reward = signals.get("reward")
+    score = reward.get("score") if isinstance(reward, dict) else None
+    leak = signals.get("leakage")
+    return signals.get("duplicate_of"), int(bool(leak)), score
+
+
+# filters understood by Store.query / count (also used by the CLI and the app)
+FILTER_KEYS = ("status", "split", "origin", "source_kind", "label", "has_duplicate", "has_leak", "low_reward", "ids")
+
+
+class Store:
+    def __init__(self, path: str | Path, config: WorkspaceConfig | None = None):
+        self.path = Path(path)
+        self.config = config or WorkspaceConfig()
+        self.workspace = self.path.parent
+        self._local = threading.local()
+        self.conn.executescript(SCHEMA)
+
+    # -- connection -----------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA busy_timeout=60000")
+            c.execute("PRAGMA foreign_keys=OFF")
+            self._local.conn = c
+        return c
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: all or nothing, writers serialised."""
+        c = self.conn
+        if c.in_transaction:
+            yield c
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    # -- records --------------------------------------------------------------
+    def add_examples(self, examples: Sequence[Example], occurrences: bool = True) -> tuple[list[str], list[str]]:
+        """Insert examples in one transaction. Returns (added ids, already-present ids).
+
+        Splits are assigned by :func:`curate.split.assign` before insertion when
+        ``split`` is empty.
+        """
+        from .split import assign_splits
+
+        added: list[str] = []
+        present: list[str] = []
+        with self.tx() as c:
+            todo = [e for e in examples if not e.split]
+            if todo:
+                assign_splits(c, todo, self.config.heldout_fraction, self.config.split_seed)
+            for e in examples:
+                dup, leak, reward = _signal_columns(e.signals)
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
+                    " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        e.id, json.dumps(e.messages, ensure_ascii=False), e.source.kind, e.source.file, e.source.loc,
+                        e.source.ref, e.group, e.split, e.origin.get("kind", "human"), json.dumps(e.origin, ensure_ascii=False),
+                        json.dumps(e.signals, ensure_ascii=False), e.label, e.parent_id, e.created_at, dup, leak, reward,
+                    ),
+                )
+                (added if cur.rowcount else present).append(e.id)
+                if occurrences and e.source.file:
+                    c.execute("INSERT OR IGNORE INTO occurrences VALUES (?,?,?)", (e.id, e.source.file, e.source.loc))
+        return added, present
+
+    def get(self, record_id: str) -> Example:
+        r = self.conn.execute(f"SELECT {RECORD_COLS} FROM records WHERE id=?", (record_id,)).fetchone()
+        if r is None:
+            raise NotFound(f"no record with id {record_id!r}")
+        return _row_to_example(r)
+
+    def get_many(self, ids: Sequence[str]) -> list[Example]:
+        out: list[Example] = []
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            q = f"SELECT {RECORD_COLS} FROM records WHERE id IN ({','.join('?' * len(chunk))})"
+            out += [_row_to_example(r) for r in self.conn.execute(q, chunk)]
+        return out
+
+    def _where(self, filters: dict[str, Any] | None) -> tuple[str, list[Any]]:
+        f = {k: v for k, v in (filters or {}).items() if v not in (None, "", [], "any")}
+        unknown = set(f) - set(FILTER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown filter(s) {sorted(unknown)}; known: {FILTER_KEYS}")
+        clauses, args = [], []
+        col = {"status": "status", "split": "split", "origin": "origin_kind", "source_kind": "source_kind", "label": "label"}
+        for k, c in col.items():
+            if k in f:
+                vals = f[k] if isinstance(f[k], (list, tuple, set)) else [f[k]]
+                clauses.append(f"{c} IN ({','.join('?' * len(vals))})")
+                args += list(vals)
+        if f.get("has_duplicate"):
+            clauses.append("dup_of IS NOT NULL")
+        if f.get("has_leak"):
+            clauses.append("leak = 1")
+        if "low_reward" in f and f["low_reward"] is not False:
+            thr = 3.0 if f["low_reward"] is True else float(f["low_reward"])
+            clauses.append("reward IS NOT NULL AND reward < ?")
+            args.append(thr)
+        if "ids" in f:
+            ids = list(f["ids"])
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            args += ids
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def query(self, filters: dict[str, Any] | None = None, limit: int | None = None, offset: int = 0) -> list[Example]:
+        where, args = self._where(filters)
+        q = f"SELECT {RECORD_COLS} FROM records{where} ORDER BY seq"
+        if limit is not None:
+            q += " LIMIT ? OFFSET ?"
+            args += [int(limit), int(offset)]
+        return [_row_to_example(r) for r in self.conn.execute(q, args)]
+
+    def iter_records(self, filters: dict[str, Any] | None = None, batch: int = 5000) -> Iterator[Example]:
+        """Stream records in seq order without loading them all (keyset paging)."""
+        where, args = self._where(filters)
+        last = 0
+        joiner = " AND " if where else " WHERE "
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {RECORD_COLS} FROM records{where}{joiner}seq > ? ORDER BY seq LIMIT ?", args + [last, batch]
+            ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield _row_to_example(r)
+            last = rows[-1]["seq"]
+
+    def count(self, filters: dict[str, Any] | None = None) -> int:
+        where, args = self._where(filters)
+        return self.conn.execute(f"SELECT COUNT(*) FROM records{where}", args).fetchone()[0]
+
+    def count_by(self, column: str, filters: dict[str, Any] | None = None) -> dict[str, int]:
+        allowed = {"status", "split", "origin_kind", "source_kind", "label"}
+        if column not in allowed:
+            raise ValueError(f"cannot group by {column}")
+        where, args = self._where(filters)
+        rows = self.conn.execute(f"SELECT {column}, COUNT(*) FROM records{where} GROUP BY {column} ORDER BY {column}", args)
+        return {(r[0] if r[0] is not None else "none"): r[1] for r in rows}
+
+    def update_signals(self, updates: dict[str, dict[str, Any]], remove: Iterable[str] = ()) -> None:
+        """Merge ``updates[id]`` into each record's signals (keys in ``remove`` dropped first)."""
+        remove = list(remove)
+        with self.tx() as c:
+            for rid, upd in updates.items():
+                r = c.execute("SELECT signals FROM records WHERE id=?", (rid,)).fetchone()
+                if r is None:
+                    raise NotFound(f"no record with id {rid!r}")
+                sig = json.loads(r[0])
+                for k in remove:
+                    sig.pop(k, None)
+                sig.update(upd)
+                dup, leak, reward = _signal_columns(sig)
+                c.execute(
+                    "UPDATE records SET signals=?, dup_of=?, leak=?, reward=? WHERE id=?",
+                    (json.dumps(sig, ensure_ascii=False), dup, leak, reward, rid),
+                )
+
+    def clear_signal(self, key: str, filters: dict[str, Any] | None = None) -> None:
+        """Drop one signal key from every matching record (before a detector reruns)."""
+        where, args = self._where(filters)
+        with self.tx() as c:
+            c.execute(
+                f"UPDATE records SET signals=json_remove(signals, '$.' || ?) {where}", [key] + args
+            )
+            c.execute("UPDATE records SET dup_of=json_extract(signals,'$.duplicate_of'),"
+                      " leak=CASE WHEN json_extract(signals,'$.leakage') IS NULL THEN 0 ELSE 1 END")
+
+    def occurrences(self, record_id: str) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.conn.execute("SELECT file, loc FROM occurrences WHERE record_id=?", (record_id,))]
+
+    # -- review events --------------------------------------------------------
+    def add_event(
+        self,
+        record_id: str,
+        reviewer: str,
+        action: str,
+        *,
+        frontend: str = "cli",
+        reason: str | None = None,
+        expected_version: int | None = None,
+        new_example: Example | None = None,
+        undoes: int | None = None,
+        external_id: str | None = None,
+    ) -> int | None:
+        """Append one review event and refresh the derived status, atomically.
+
+        ``expected_version`` is the version the reviewer saw; if the record has
+        moved on, :class:`ConflictError` is raised and nothing is written.
+        ``external_id`` makes the call idempotent (e.g. an Argilla response id):
+        an event with the same external id already present returns ``None``.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
+        if not reviewer or not reviewer.strip():
+            raise ValueError("a reviewer name is required for every review event")
+        if action == "edit" and new_example is None:
+            raise ValueError("an edit needs the new record")
+        with self.tx() as c:
+            if external_id is not None and c.execute("SELECT 1 FROM events WHERE external_id=?", (external_id,)).fetchone():
+                return None
+            r = c.execute("SELECT version, status FROM records WHERE id=?", (record_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"no record with id {record_id!r}")
+            if expected_version is not None and r["version"] != expected_version:
+                raise ConflictError(record_id, expected_version, r["version"], r["status"])
+            if action == "undo":
+                target = c.execute("SELECT reviewer, action FROM events WHERE id=? AND record_id=?", (undoes, record_id)).fetchone()
+                if target is None or target["reviewer"] != reviewer:
+                    raise ValueError(f"event {undoes} is not {reviewer}'s event on record {record_id}")
+            new_id = None
+            if new_example is not None:
+                new_example.parent_id = record_id
+                self.add_examples([new_example])
+                new_id = new_example.id
+            cur = c.execute(
+                "INSERT INTO events (record_id, reviewer, action, reason, new_record_id, undoes, frontend, created_at, external_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (record_id, reviewer.strip(), action, reason, new_id, undoes, frontend, time.time(), external_id),
+            )
+            eid = cur.lastrowid
+            evs = [dict(e) for e in c.execute("SELECT id, reviewer, action, undoes FROM events WHERE record_id=?", (record_id,))]
+            status = derive_status(evs, self.config.min_approvals)
+            c.execute("UPDATE records SET status=?, version=? WHERE id=?", (status, eid, record_id))
+        return eid
+
+    def events(self, record_id: str | None = None, reviewer: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM events", []
+        conds = []
+        if record_id:
+            conds.append("record_id=?")
+            args.append(record_id)
+        if reviewer:
+            conds.append("reviewer=?")
+            args.append(reviewer)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        return [dict(r) for r in self.conn.execute(q + " ORDER BY id", args)]
+
+    # -- rejects, chunks ------------------------------------------------------
+    def add_rejects(self, rejects: Sequence[dict[str, Any]]) -> int:
+        n = 0
+        with self.tx() as c:
+            for rj in rejects:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO rejects (file, loc, field, reason, raw, created_at) VALUES (?,?,?,?,?,?)",
+                    (rj["file"], rj["loc"], rj.get("field"), rj["reason"], (rj.get("raw") or "")[:2000], time.time()),
+                )
+                n += cur.rowcount
+        return n
+
+    def add_chunks(self, chunks: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        added = 0
+        with self.tx() as c:
+            for ch in chunks:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO chunks (id, file, loc, grp, title, text, created_at) VALUES (?,?,?,?,?,?,?)",
+                    (ch["id"], ch["file"], ch["loc"], ch["grp"], ch.get("title"), ch["text"], time.time()),
+                )
+                added += cur.rowcount
+        return added, len(chunks) - added
+
+    def chunks(self, limit: int | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM chunks ORDER BY file, rowid"
+        if limit:
+            q += f" LIMIT {int(limit)}"
+        return [dict(r) for r in self.conn.execute(q)]
+
+    # -- caches and meta ------------------------------------------------------
+    def cache_get(self, ns: str, key: str) -> Any | None:
+        r = self.conn.execute("SELECT value FROM cache WHERE ns=? AND key=?", (ns, key)).fetchone()
+        return None if r is None else json.loads(r[0])
+
+    def cache_put(self, ns: str, key: str, value: Any) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", (ns, key, json.dumps(value, ensure_ascii=False), time.time()))
+
+    def meta_get(self, key: str, default: Any = None) -> Any:
+        r = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if r is None else json.loads(r[0])
+
+    def meta_put(self, key: str, value: Any) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value, ensure_ascii=False)))
+
+
+def open_store(workspace: str | Path | None = None) -> Store:
+    ws = resolve(workspace)
+    return Store(ws / "store.sqlite", WorkspaceConfig.load(ws))

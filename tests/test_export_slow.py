@@ -1,0 +1,109 @@
+"""Slow tier: export a LoRA run (merged, GGUF f16/q8_0, Ollama) on the embedded SmolLM2 and check parity.
+
+The run folder is a fixture built like ``python -m train`` writes one: base
+SmolLM2 + a LoRA adapter on every projection whose B matrices are perturbed
+(so the merge changes the model), the tokenizer with its chat template, and a
+manifest naming the base model.  The real-training round trip lives in
+``test_export_train.py``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_fake_run(run: Path, *, scale: float = 0.02, seed: int = 0, subfolder: bool = True) -> Path:
+    """A run folder with a perturbed LoRA adapter over the embedded SmolLM2."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curate.models import DEFAULT_CHAT, materialize_chat_model
+
+    base = materialize_chat_model()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    adapter_dir = run / "adapter" if subfolder else run
+    peft_model.save_pretrained(adapter_dir)
+    tok.save_pretrained(run)
+    (run / "manifest.json").write_text(json.dumps({"config": {"base_model": DEFAULT_CHAT, "max_seq_length": 512}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory) -> Path:
+    return make_fake_run(tmp_path_factory.mktemp("run") / "r1")
+
+
+def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
+    import gguf
+
+    from train.export import main
+    from train.modelfile import parse_modelfile
+
+    assert main(["--run", str(fake_run), "--format", "merged", "--quiet"]) == 0
+    merged = fake_run / "export" / "merged"
+    rep = json.loads((merged / "export_report.json").read_text())
+    assert rep["merge_max_abs_logit_diff"] < 1e-3
+    # the perturbed adapter must matter, or the merge check proves nothing
+    assert rep["adapter_effect_max_abs_logit"] > 0.5
+
+    assert main(["--run", str(fake_run), "--format", "ollama", "--dtype", "f16", "--quiet",
+                 "--prompts", "3", "--max-new-tokens", "16"]) == 0
+    out = fake_run / "export" / "ollama-f16"
+    rep = json.loads((out / "export_report.json").read_text())
+    g = rep["gguf"]
+    assert rep["ok"] and g["identical_greedy_outputs"] == g["prompts"] == 3
+    assert g["max_abs_logit_diff"] < 0.25
+    cmds = dict(parse_modelfile((out / "Modelfile").read_text()))
+    assert cmds["model"] == "./model.gguf"
+    r = gguf.GGUFReader(str(out / "model.gguf"))
+    assert r.fields["general.architecture"].contents() == "llama"
+    assert {t.tensor_type.name for t in r.tensors} == {"F16", "F32"}
+    assert "SmolLM" in r.fields["tokenizer.chat_template"].contents()
+    assert not (fake_run / "export" / "ollama-f16.partial").exists()
+
+    assert main(["--run", str(fake_run), "--format", "gguf", "--dtype", "q8_0", "--quiet",
+                 "--prompts", "2", "--max-new-tokens", "12"]) == 0
+    q = fake_run / "export" / "gguf-q8_0"
+    rep = json.loads((q / "export_report.json").read_text())
+    assert rep["ok"] and rep["gguf"]["max_abs_logit_diff"] < 1.5
+    r = gguf.GGUFReader(str(q / "model-q8_0.gguf"))
+    assert "Q8_0" in {t.tensor_type.name for t in r.tensors}
+    assert (q / "model-q8_0.gguf").stat().st_size < 0.6 * (out / "model.gguf").stat().st_size
+
+
+def test_gguf_parity_catches_a_broken_file(fake_run: Path, tmp_path: Path):
+    """A GGUF whose Q/K were not permuted must fail the parity check."""
+    from transformers import AutoTokenizer
+
+    import train.gguf_writer as gw
+    from train.export import BUILTIN_PROMPTS, ExportError, gguf_parity, serving_template
+
+    merged = fake_run / "export" / "merged"
+    if not (merged / "config.json").exists():
+        from train.export import main
+
+        assert main(["--run", str(fake_run), "--format", "merged", "--quiet"]) == 0
+    tok = AutoTokenizer.from_pretrained(merged)
+    orig = gw.permute_rope
+    gw.permute_rope = lambda w, n_head: w  # the classic conversion bug
+    try:
+        gw.write_llama_gguf(merged, tmp_path / "bad.gguf", dtype="f16",
+                            chat_template=serving_template(tok.chat_template), progress=False)
+    finally:
+        gw.permute_rope = orig
+    with pytest.raises(ExportError, match="logits differ|diverges"):
+        gguf_parity(merged, tmp_path / "bad.gguf", tok, BUILTIN_PROMPTS[:1], "f16", 8)

@@ -1,0 +1,538 @@
+"""``python -m train export``: serve a trained run, with proof that serving matches training.
+
+Owns: reading a run folder (LoRA adapter, tokenizer + chat template,
+``manifest.json``), folding the adapter into the base weights, and writing one
+of three formats, each checked before it is published:
+
+``merged``
+    HF folder (fp32 safetensors + tokenizer + the serving chat template).
+    Check: merged logits equal the base+adapter (unmerged PEFT) logits.
+``gguf``
+    ``model-<dtype>.gguf`` written by :mod:`train.gguf_writer` (f16 or q8_0).
+    Checks: the file loaded back with transformers' GGUF loader gives the same
+    greedy continuation as the merged model on held-out prompts (a divergence
+    is accepted only at a near-tie of the merged model's two best tokens, and
+    reported), teacher-forced logits within a dtype tolerance, the GGUF's
+    tokenizer gives the same ids as the training tokenizer, and the GGUF's
+    ``tokenizer.chat_template`` renders the same prompts as the training one.
+``ollama``
+    ``model.gguf`` + ``Modelfile`` (see :mod:`train.modelfile`).  Checks: all
+    of the ``gguf`` checks, plus the Modelfile's Go TEMPLATE rendered as
+    Ollama would equals the training template's rendering for single- and
+    multi-turn conversations with and without a system prompt (and for the
+    held-out conversations), and the Modelfile parses back (Ollama's rules) to
+    that same TEMPLATE.
+
+Outputs are written to ``<out>.partial`` and renamed to ``<out>`` only when
+every check passed; a failed export exits non-zero, says which check failed,
+and leaves the partial folder for inspection.  Each output folder gets
+``export_report.json`` with every number measured.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FORMATS = ("merged", "gguf", "ollama")
+DTYPES = ("f16", "q8_0")
+
+# Teacher-forced logit tolerance (max |Δ| over every position and vocab entry)
+# and the near-tie margin under which a greedy divergence is accepted.
+# Measured on SmolLM2-135M: f16 max |Δ| ≈ 0.05, q8_0 ≈ 0.3-0.5 (docs/export.md).
+LOGIT_ATOL = {"f16": 0.25, "q8_0": 1.5}
+TIE_MARGIN = {"f16": 0.1, "q8_0": 0.5}
+MERGE_ATOL = 1e-3
+
+BUILTIN_PROMPTS: list[list[dict]] = [
+    [{"role": "user", "content": "I still have not received my new card, what should I do?"}],
+    [{"role": "system", "content": "You are a banking support assistant."},
+     {"role": "user", "content": "How do I top up my account with a bank transfer?"}],
+    [{"role": "user", "content": "Can I change my PIN?"}, {"role": "assistant", "content": "Yes, at any ATM."},
+     {"role": "user", "content": "Is there a fee for that?"}],
+    [{"role": "user", "content": "My payment of 25.50 EUR was declined twice."}],
+]
+
+TOKENIZER_PROBES = [
+    "Hello world", "  leading and trailing spaces  ", "numbers 1234567 and 3.14159", "tabs\tand\nnewlines\n\n",
+    "Ünïcödé — ça va? 日本語 💳", "<|im_start|>user\nhi<|im_end|>\n", "don't won't I'm you're",
+]
+
+
+class ExportError(RuntimeError):
+    """Bad input or a failed parity check; the message says which."""
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how strictly to check it.
+
+    Fields:
+        run: run folder written by ``python -m train``.
+        format: ``merged``, ``gguf`` or ``ollama``.
+        dtype: GGUF weight type, ``f16`` or ``q8_0`` (ignored for ``merged``).
+        out: output folder; default ``<run>/export/<format>[-<dtype>]``.
+        base: base model override (folder, ``.gguf`` or ``embedded:…``);
+            default: what the run's manifest / adapter config names.
+        prompts: number of held-out prompts for the generation parity check.
+        max_new_tokens: greedy tokens generated per prompt in that check.
+        name: model name written into the GGUF metadata.
+        progress: show progress bars.
+    """
+
+    run: Path
+    format: str = "ollama"
+    dtype: str = "f16"
+    out: Path | None = None
+    base: str | None = None
+    prompts: int = 4
+    max_new_tokens: int = 24
+    name: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunInfo:
+    """Where the parts of a run folder are."""
+
+    run_dir: Path
+    adapter_dir: Path
+    tokenizer_dir: Path
+    base_model: str
+    base_field: str
+    manifest: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ run dir
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _dig(d: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+BASE_FIELDS = ("config.base_model", "config.model", "config.model_name_or_path", "base_model", "model",
+               "config.train.base_model", "config.model.base_model")
+
+
+def locate_run(run_dir: str | Path, base: str | None = None) -> RunInfo:
+    """Find adapter, tokenizer, manifest and base model of a run folder."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ExportError(f"run folder {run} does not exist")
+    cands = [run / "adapter", run, run / "final", run / "final_adapter"]
+    adapter = next((c for c in cands if (c / "adapter_config.json").exists()), None)
+    if adapter is None:
+        raise ExportError(
+            f"{run}: no adapter_config.json in {', '.join(str(c) for c in cands)} — is this a `python -m train` run folder?"
+        )
+    if not any(adapter.glob("adapter_model.*")):
+        raise ExportError(f"{adapter}: adapter_config.json present but no adapter_model.safetensors")
+    tcands = [run / "tokenizer", adapter, run]
+    tokdir = next((c for c in tcands if (c / "tokenizer_config.json").exists()), None)
+    if tokdir is None:
+        raise ExportError(f"{run}: no tokenizer_config.json in {', '.join(str(c) for c in tcands)}")
+    manifest = _read_json(run / "manifest.json") if (run / "manifest.json").exists() else {}
+    field_used = "--base"
+    if base is None:
+        for f in BASE_FIELDS:
+            v = _dig(manifest, f)
+            if isinstance(v, str) and v:
+                base, field_used = v, f"manifest.json:{f}"
+                break
+    if base is None:
+        v = _read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+        if v:
+            base, field_used = v, f"{adapter / 'adapter_config.json'}:base_model_name_or_path"
+    if base is None:
+        raise ExportError(f"{run}: no base model named in manifest.json ({', '.join(BASE_FIELDS)}) "
+                          "nor in adapter_config.json; pass --base")
+    return RunInfo(run, adapter, tokdir, base, field_used, manifest)
+
+
+def _sha_dir(d: Path, pattern: str = "adapter_model.*") -> str:
+    h = hashlib.sha256()
+    for p in sorted(d.glob(pattern)):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- templates
+
+_GEN_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def serving_template(train_template: str) -> str:
+    """The training template without ``{% generation %}`` markers (same rendering).
+
+    The markers only tell transformers which tokens are assistant tokens; Jinja
+    engines used for serving (llama.cpp's, Ollama's importer) do not know the
+    tag.  Each is replaced by an always-true ``if`` keeping its whitespace
+    control, so the rendered text is identical.
+    """
+    return _GEN_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}",
+                        train_template)
+
+
+def renderer(tok, template: str | None = None):
+    def render(messages: list[dict]) -> str:
+        kw = {"chat_template": template} if template is not None else {}
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kw)
+    return render
+
+
+def _prompt_of(messages: list[dict]) -> list[dict]:
+    """Conversation up to and including the last user turn."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return [{"role": m["role"], "content": m["content"]} for m in messages[: last_user + 1]]
+
+
+def heldout_prompts(info: RunInfo, n: int) -> tuple[list[list[dict]], str]:
+    """Up to ``n`` held-out prompts from the run's snapshot, else built-in ones."""
+    from curate import snapshot as snap
+
+    cands: list[Path] = []
+    for key in ("snapshot.path", "snapshot.dir", "snapshot_dir", "snapshot_path", "config.snapshot_dir",
+                "config.snapshot_path"):
+        v = _dig(info.manifest, key)
+        if isinstance(v, str):
+            cands.append(Path(v))
+    name = next((v for v in (_dig(info.manifest, k) for k in ("snapshot.name", "snapshot", "config.snapshot"))
+                 if isinstance(v, str)), None)
+    ws = next((v for v in (_dig(info.manifest, k) for k in ("workspace", "config.workspace", "snapshot.workspace"))
+               if isinstance(v, str)), None)
+    if name and ws:
+        cands.append(Path(ws) / "snapshots" / name)
+    for d in cands:
+        if (d / "heldout.parquet").exists():
+            rows = sorted(snap.load(d, split="heldout"), key=lambda r: r["id"])
+            prompts = [p for p in (_prompt_of(r["messages"]) for r in rows) if p][:n]
+            if prompts:
+                return prompts, f"snapshot {d} (held-out split, first {len(prompts)} by id)"
+    return BUILTIN_PROMPTS[:n], "built-in prompts (no snapshot held-out split found from manifest.json)"
+
+
+# ------------------------------------------------------------------- merge
+
+def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:
+    """Fold the LoRA adapter into the base weights; save an HF folder; check it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curate.models import materialize_chat_model
+
+    base_path = materialize_chat_model(info.base_model)
+    tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+    if not tok.chat_template:
+        raise ExportError(f"{info.tokenizer_dir}: tokenizer has no chat template (chat_template.jinja or "
+                          "tokenizer_config.json:chat_template)")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if base.get_input_embeddings().weight.shape[0] != len(tok):
+        base.resize_token_embeddings(len(tok))
+    peft_model = PeftModel.from_pretrained(base, info.adapter_dir)
+    peft_model.eval()
+    probe = tok(renderer(tok)(BUILTIN_PROMPTS[2]), return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        unmerged = peft_model(probe).logits
+        merged = peft_model.merge_and_unload()
+        merged.eval()
+        after = merged(probe).logits
+        base_only = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)(probe).logits
+    diff = float((unmerged - after).abs().max())
+    adapter_effect = float((unmerged - base_only).abs().max())
+    if diff > MERGE_ATOL:
+        raise ExportError(f"merge check failed: merged vs adapter logits differ by {diff:.3g} > {MERGE_ATOL}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tok.chat_template = serving_template(tok.chat_template)
+    tok.save_pretrained(out_dir)
+    return {"merge_max_abs_logit_diff": diff, "adapter_effect_max_abs_logit": adapter_effect,
+            "base_model": str(base_path), "base_model_from": info.base_field}
+
+
+# --------------------------------------------------------------- GGUF check
+
+def _greedy(model, ids, n: int, eos: int | None, pad: int | None) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             eos_token_id=eos, pad_token_id=pad if pad is not None else eos)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def gguf_parity(merged_dir: Path, gguf_path: Path, train_tok, prompts: list[list[dict]], dtype: str,
+                max_new_tokens: int) -> dict:
+    """All GGUF-vs-merged checks; returns the numbers, raises ExportError on a failure."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.modelfile import PARITY_CONVERSATIONS
+
+    failures: list[str] = []
+    ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    got = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    gtok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+
+    train_render = renderer(train_tok)
+    convs = PARITY_CONVERSATIONS + prompts
+    tmpl_bad = [i for i, c in enumerate(convs)
+                if renderer(gtok)(c) != train_render(c)]
+    if tmpl_bad:
+        failures.append(f"GGUF chat_template renders differently from training for conversations {tmpl_bad}")
+    probes = TOKENIZER_PROBES + [train_render(c) for c in convs]
+    tok_bad = [p for p in probes if gtok(p, add_special_tokens=True).input_ids != train_tok(p, add_special_tokens=True).input_ids]
+    if tok_bad:
+        failures.append(f"GGUF tokenizer gives different ids from training for {[p[:40] for p in tok_bad]}")
+    special = {k: (getattr(gtok, k), getattr(train_tok, k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    for k, (a, b) in special.items():
+        if a != b:
+            failures.append(f"GGUF {k} is {a}, training tokenizer's is {b}")
+
+    eos, pad = train_tok.eos_token_id, train_tok.pad_token_id
+    per_prompt, max_diff, top1_agree, top1_total = [], 0.0, 0, 0
+    for i, conv in enumerate(prompts):
+        ids = train_tok(train_render(conv), return_tensors="pt", add_special_tokens=False).input_ids
+        a = _greedy(ref, ids, max_new_tokens, eos, pad)
+        b = _greedy(got, ids, max_new_tokens, eos, pad)
+        full = torch.cat([ids, torch.tensor([a], dtype=ids.dtype)], dim=1) if a else ids
+        with torch.no_grad():
+            la, lb = ref(full).logits[0], got(full).logits[0]
+        d = float((la - lb).abs().max())
+        max_diff = max(max_diff, d)
+        top1_agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        top1_total += la.shape[0]
+        rec = {"prompt": i, "merged": train_tok.decode(a), "gguf": train_tok.decode(b), "identical": a == b,
+               "max_abs_logit_diff": d}
+        if a != b:
+            k = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
+            if k < min(len(a), len(b)):
+                row = la[ids.shape[1] - 1 + k]
+                margin = float(row[a[k]] - row[b[k]])
+                rec.update(diverges_at=k, merged_margin=margin)
+                if margin > TIE_MARGIN[dtype]:
+                    failures.append(f"prompt {i}: greedy output diverges at token {k} where the merged model prefers "
+                                    f"its token by {margin:.3f} > near-tie margin {TIE_MARGIN[dtype]}")
+            else:
+                failures.append(f"prompt {i}: one output is a prefix of the other ({len(a)} vs {len(b)} tokens)")
+        per_prompt.append(rec)
+    if max_diff > LOGIT_ATOL[dtype]:
+        failures.append(f"teacher-forced logits differ by {max_diff:.3f} > {LOGIT_ATOL[dtype]} ({dtype})")
+    report = {
+        "dtype": dtype,
+        "prompts": len(prompts),
+        "identical_greedy_outputs": sum(r["identical"] for r in per_prompt),
+        "max_abs_logit_diff": max_diff,
+        "logit_atol": LOGIT_ATOL[dtype],
+        "top1_agreement": top1_agree / max(top1_total, 1),
+        "template_conversations_checked": len(convs),
+        "tokenizer_probes_checked": len(probes),
+        "per_prompt": per_prompt,
+    }
+    if failures:
+        raise ExportError("GGUF parity failed:\n  - " + "\n  - ".join(failures), ) from None
+    return report
+
+
+# ------------------------------------------------------------------- export
+
+def default_out(cfg: ExportConfig) -> Path:
+    if cfg.out is not None:
+        return Path(cfg.out)
+    sub = cfg.format if cfg.format == "merged" else f"{cfg.format}-{cfg.dtype}"
+    return Path(cfg.run) / "export" / sub
+
+
+def _publish(partial: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def _ensure_merged(cfg: ExportConfig, info: RunInfo, log) -> tuple[Path, dict]:
+    """The merged folder: reused from ``<run>/export/merged`` when built from the same adapter."""
+    target = Path(cfg.out) if (cfg.format == "merged" and cfg.out) else Path(cfg.run) / "export" / "merged"
+    sha = _sha_dir(info.adapter_dir)
+    rep_path = target / "export_report.json"
+    if cfg.format != "merged" and rep_path.exists():
+        rep = _read_json(rep_path)
+        if rep.get("adapter_sha256") == sha and rep.get("ok"):
+            log(f"reusing merged model {target} (same adapter sha256 {sha[:12]}…)")
+            return target, rep
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    log(f"merging adapter {info.adapter_dir} into base {info.base_model} …")
+    rep = merge_adapter(info, partial, progress=cfg.progress)
+    rep.update(format="merged", ok=True, adapter_sha256=sha, run=str(info.run_dir))
+    (partial / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
+    _publish(partial, target)
+    log(f"merged: {target} (merged-vs-adapter max |Δlogit| {rep['merge_max_abs_logit_diff']:.2e})")
+    return target, rep
+
+
+def export(cfg: ExportConfig, log=print) -> dict:
+    """Run one export with its checks; returns the report (also written to the output folder)."""
+    from transformers import AutoTokenizer
+
+    from train import modelfile as mf
+    from train.gguf_writer import write_llama_gguf
+
+    if cfg.format not in FORMATS:
+        raise ExportError(f"--format {cfg.format!r}: choose one of {', '.join(FORMATS)}")
+    if cfg.dtype not in DTYPES:
+        raise ExportError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+    t0 = time.time()
+    info = locate_run(cfg.run, cfg.base)
+    merged_dir, merged_rep = _ensure_merged(cfg, info, log)
+    if cfg.format == "merged":
+        return merged_rep
+
+    train_tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+    train_template = train_tok.chat_template
+    out = default_out(cfg)
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    report: dict[str, Any] = {"format": cfg.format, "run": str(info.run_dir), "ok": False,
+                              "adapter_sha256": merged_rep.get("adapter_sha256"),
+                              "merge_max_abs_logit_diff": merged_rep.get("merge_max_abs_logit_diff")}
+    try:
+        spec = None
+        if cfg.format == "ollama":
+            # fail fast on a template we cannot serve, before the slow part
+            spec = mf.derive_chatml_spec(renderer(train_tok))
+        gguf_name = "model.gguf" if cfg.format == "ollama" else f"model-{cfg.dtype}.gguf"
+        log(f"writing {gguf_name} ({cfg.dtype}) …")
+        write_llama_gguf(merged_dir, partial / gguf_name, dtype=cfg.dtype,
+                         chat_template=serving_template(train_template),
+                         name=cfg.name or f"{info.run_dir.name}", progress=cfg.progress)
+        prompts, source = heldout_prompts(info, cfg.prompts)
+        report["prompts_source"] = source
+        log(f"checking GGUF parity on {len(prompts)} prompts from {source} …")
+        report["gguf"] = gguf_parity(merged_dir, partial / gguf_name, train_tok, prompts, cfg.dtype,
+                                     cfg.max_new_tokens)
+        if cfg.format == "ollama":
+            template = mf.go_template(spec)
+            params = {"num_ctx": _num_ctx(info, merged_dir)}
+            text = mf.modelfile_text(spec, template, gguf_name=gguf_name, params=params,
+                                     header=f"Exported from {info.run_dir} by `python -m train export`.\n"
+                                            "TEMPLATE reproduces the training chat template; checked at export.")
+            parsed = mf.parse_modelfile(text)
+            if dict(parsed).get("template") != template:
+                raise ExportError("Modelfile does not parse back to the TEMPLATE we rendered (Ollama's quoting rules)")
+            results = mf.template_parity(template, renderer(train_tok), mf.PARITY_CONVERSATIONS + prompts)
+            bad = [r for r in results if not r.ok]
+            if bad:
+                raise ExportError("Modelfile TEMPLATE parity failed:\n  - " + "\n  - ".join(r.diff() for r in bad))
+            (partial / "Modelfile").write_text(text, encoding="utf-8")
+            report["modelfile"] = {"conversations_checked": len(results), "default_system": spec.default_system,
+                                   "stop": spec.stop, "params": params}
+        report["ok"] = True
+        report["seconds"] = round(time.time() - t0, 1)
+    except Exception as e:
+        report["error"] = str(e)
+        (partial / "export_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        if isinstance(e, ExportError):
+            raise ExportError(f"{e}\n(partial output left in {partial})") from None
+        raise
+    (partial / "export_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    _publish(partial, out)
+    report["out"] = str(out)
+    return report
+
+
+def _num_ctx(info: RunInfo, merged_dir: Path) -> int:
+    cfg = _read_json(merged_dir / "config.json")
+    ctx = int(cfg.get("max_position_embeddings") or 2048)
+    for key in ("config.max_seq_length", "config.max_length", "config.max_seq_len"):
+        v = _dig(info.manifest, key)
+        if isinstance(v, int) and v > 0:
+            return min(ctx, max(v, 2048))
+    return min(ctx, 4096)
+
+
+# --------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train export",
+        description=(
+            "Export a trained run for serving, and prove that serving matches training.\n\n"
+            "  merged  HF folder with the LoRA adapter folded into the base weights\n"
+            "  gguf    one GGUF file (f16 or q8_0) for llama.cpp\n"
+            "  ollama  model.gguf + Modelfile whose TEMPLATE reproduces the training chat template\n\n"
+            "Every export runs parity checks (merged vs adapter logits; GGUF reloaded with transformers vs\n"
+            "merged: greedy outputs on held-out prompts, logits, tokenizer ids, chat template; Modelfile\n"
+            "template vs training template) and fails with a non-zero exit if one does not hold."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `python -m train`")
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write (see above)")
+    p.add_argument("--dtype", default="f16", choices=DTYPES, help="GGUF weight type (default f16; q8_0 is ~half the size)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/FORMAT[-DTYPE])")
+    p.add_argument("--base", default=None, help="base model override (folder, .gguf, or embedded:…); default: from the run")
+    p.add_argument("--prompts", type=int, default=4, help="held-out prompts in the greedy parity check (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens per prompt in that check (default 24)")
+    p.add_argument("--name", default=None, help="model name stored in the GGUF (default: the run folder name)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = ExportConfig(run=args.run, format=args.format, dtype=args.dtype, out=args.out, base=args.base,
+                       prompts=args.prompts, max_new_tokens=args.max_new_tokens, name=args.name,
+                       progress=not args.quiet)
+    try:
+        rep = export(cfg)
+    except ExportError as e:
+        print(f"export FAILED: {e}", file=sys.stderr)
+        return 1
+    print(summary(rep))
+    return 0
+
+
+def summary(rep: dict) -> str:
+    lines = [f"export {rep.get('format')} OK → {rep.get('out', '')}".rstrip()]
+    if "merge_max_abs_logit_diff" in rep:
+        lines.append(f"  merge: merged vs adapter max |Δlogit| = {rep['merge_max_abs_logit_diff']:.2e}")
+    g = rep.get("gguf")
+    if g:
+        lines.append(f"  gguf {g['dtype']}: {g['identical_greedy_outputs']}/{g['prompts']} identical greedy outputs "
+                     f"({rep.get('prompts_source')}); max |Δlogit| {g['max_abs_logit_diff']:.3f} "
+                     f"(tolerance {g['logit_atol']}); top-1 agreement {g['top1_agreement']:.3f}; "
+                     f"tokenizer {g['tokenizer_probes_checked']} probes and chat template "
+                     f"{g['template_conversations_checked']} conversations identical")
+    m = rep.get("modelfile")
+    if m:
+        lines.append(f"  Modelfile: TEMPLATE renders identically to training on {m['conversations_checked']} conversations; "
+                     f"default system prompt {m['default_system']!r}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -692,6 +692,8 @@ def add_cli(review_subparsers, common_parent, add_filter_args, cmd_review) -> No
         p.add_argument("--workspace-name", metavar="W", help=f"Argilla workspace (default: [argilla].workspace or {DEFAULT_ARGILLA_WORKSPACE!r})")
         if name == "push":
             add_filter_args(p, default_status="pending")
+            p.add_argument("--all-statuses", action="store_true",
+                           help="ignore --status: select decided records too (e.g. a second opinion on approved ones)")
             p.add_argument("--has-duplicate", action="store_true", help="only records flagged as near/exact duplicates")
             p.add_argument("--has-leak", action="store_true", help="only records flagged as leaking held-out data")
             p.add_argument("--low-reward", type=float, nargs="?", const=LOW_REWARD, metavar="THR",
@@ -703,7 +705,7 @@ def add_cli(review_subparsers, common_parent, add_filter_args, cmd_review) -> No
 
 def _push_filters(args: argparse.Namespace) -> dict[str, Any]:
     f = {k: getattr(args, k, None) for k in ("status", "split", "origin", "source_kind", "label")}
-    if f.get("status") == "any":
+    if getattr(args, "all_statuses", False):
         f["status"] = None
     f["has_duplicate"] = bool(getattr(args, "has_duplicate", False)) or None
     f["has_leak"] = bool(getattr(args, "has_leak", False)) or None

@@ -93,13 +93,17 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def same_process(pid: int, argv: list[str]) -> bool:
-    """True if ``pid`` still runs the command we started (guards against pid reuse)."""
+def same_process(pid: int, rec: dict) -> bool:
+    """True if ``pid`` still runs the command we started (guards against pid reuse).
+
+    ``rec["match"]`` lists substrings of the command line (redis-server rewrites
+    its own title to ``redis-server 127.0.0.1:PORT``, so argv is not compared).
+    """
     cl = cmdline(pid)
     if not cl:
         return alive(pid)  # no /proc: trust the pid
-    tail = [a for a in argv[1:] if not a.startswith("/")][:3]
-    return all(a in cl for a in tail)
+    joined = " ".join(cl)
+    return all(m in joined for m in rec.get("match") or [Path(rec["argv"][0]).name])
 
 
 def tail(path: Path, n: int = 25) -> str:
@@ -179,7 +183,7 @@ def stop_all(sd: Path, quiet: bool = False) -> int:
         pid = int(p["pid"])
         if not alive(pid):
             continue
-        if not same_process(pid, p["argv"]):
+        if not same_process(pid, p):
             print(f"warning: pid {pid} ({name}) now runs something else ({' '.join(cmdline(pid))[:80]}); not touching it")
             continue
         try:
@@ -207,13 +211,13 @@ def stop_all(sd: Path, quiet: bool = False) -> int:
     return stopped
 
 
-def start(name: str, argv: list[str], env: dict, sd: Path, procs: dict) -> subprocess.Popen:
+def start(name: str, argv: list[str], env: dict, sd: Path, procs: dict, match: list[str]) -> subprocess.Popen:
     log = open(sd / "logs" / f"{name}.log", "ab")
     log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
     log.flush()
     p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                          cwd=sd, start_new_session=True)
-    procs[name] = {"pid": p.pid, "argv": argv, "log": str(sd / "logs" / f"{name}.log")}
+    procs[name] = {"pid": p.pid, "argv": argv, "match": match, "log": str(sd / "logs" / f"{name}.log")}
     return p
 
 
@@ -295,10 +299,12 @@ def cmd_up(a: argparse.Namespace) -> int:
 
     try:
         running["redis"] = start("redis", [redis_bin, "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                                           "--save", "", "--appendonly", "no", "--dir", str(sd / "redis")], env, sd, procs)
+                                           "--save", "", "--appendonly", "no", "--dir", str(sd / "redis")], env, sd, procs,
+                                  ["redis-server", f":{ports['redis']}"])
         checkpoint()
         running["noida"] = start("noida", [noida_binary(py), "start", "--data-dir", str(sd / "noida"), "--only", "elasticsearch",
-                                           "--elasticsearch-port", str(ports["elasticsearch"])], env, sd, procs)
+                                           "--elasticsearch-port", str(ports["elasticsearch"])], env, sd, procs,
+                                  ["noida-db", str(sd / "noida")])
         checkpoint()
         wait_for("noida-db (elasticsearch API)",
                  lambda: http_get(f"http://127.0.0.1:{ports['elasticsearch']}/")[0] == 200, running, sd, 60)
@@ -316,9 +322,11 @@ def cmd_up(a: argparse.Namespace) -> int:
             creds["created"] = time.time()
             save_json(sd / "credentials.json", creds)
         running["server"] = start("server", [py, "-m", "argilla_server", "start", "--host", "127.0.0.1",
-                                             "--port", str(ports["server"]), "--no-access-log"], env, sd, procs)
+                                             "--port", str(ports["server"]), "--no-access-log"], env, sd, procs,
+                                   ["argilla_server", "start", str(ports["server"])])
         checkpoint()
-        running["worker"] = start("worker", [py, "-m", "argilla_server", "worker", "--num-workers", "1"], env, sd, procs)
+        running["worker"] = start("worker", [py, "-m", "argilla_server", "worker", "--num-workers", "1"], env, sd, procs,
+                                   ["argilla_server", "worker"])
         checkpoint()
         print(f"waiting for the Argilla server at {url} …", flush=True)
         wait_for(f"Argilla server at {url}",

@@ -291,9 +291,24 @@ def check_schema(api: Api, dataset: dict) -> list[str]:
     return warns
 
 
-def build_settings(min_submitted: int = 1):
-    """The SDK settings for a new queue dataset (must agree with :func:`expected_schema`)."""
+def sdk_client(conn: Connection):
+    """An ``argilla.Argilla`` client (the SDK checks ``/api/v1/me`` on creation)."""
     import argilla as rg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rg.Argilla(api_url=conn.url, api_key=conn.api_key)
+
+
+def build_settings(client, min_submitted: int = 1):
+    """The SDK settings for a new queue dataset (must agree with :func:`expected_schema`).
+
+    The SDK builds settings objects against its default client; ``client``
+    (from :func:`sdk_client`) is made the default first.
+    """
+    import argilla as rg
+
+    rg.Argilla._set_default(client)
 
     return rg.Settings(
         guidelines=(
@@ -345,10 +360,10 @@ def ensure_dataset(api: Api, me: dict, queue: str, min_submitted: int = 1) -> tu
     import argilla as rg
 
     try:
+        client = sdk_client(api.conn)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            client = rg.Argilla(api_url=api.conn.url, api_key=api.conn.api_key)
-            rg.Dataset(name=queue, workspace=ws_name, settings=build_settings(min_submitted), client=client).create()
+            rg.Dataset(name=queue, workspace=ws_name, settings=build_settings(client, min_submitted)).create()
     except QueueError:
         raise
     except Exception as e:  # the SDK's own errors (ArgillaAPIError …)

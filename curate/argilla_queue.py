@@ -699,7 +699,7 @@ examples:
 
 def add_cli(review_subparsers, common_parent, add_filter_args, cmd_review) -> None:
     for name, help_ in (("push", PUSH_HELP), ("pull", PULL_HELP)):
-        p = review_subparsers.add_parser(name, parents=[common_parent], help=help_, description=__doc__ if name == "push" else help_,
+        p = review_subparsers.add_parser(name, parents=[common_parent], help=help_, description=__doc__,
                                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--queue", required=True, help="queue name = Argilla dataset name (letters, digits, _ . -)")
         p.add_argument("--argilla-url", help="server URL (default: [argilla].url of the workspace config.toml, else $ARGILLA_API_URL)")

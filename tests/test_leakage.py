@@ -1,0 +1,160 @@
+"""Leakage: tiny workspace (signals, eval files, snapshot refusal) and BANKING77 pinned counts.
+
+BANKING77 (PolyAI, official train.csv 10,003 rows / test.csv 3,080 rows) leaks:
+hits confirmed by eye when these counts were pinned, e.g.
+
+  exact (same text after normalisation)
+    train "Is there an auto top up option?"          test:334  "Is there an auto top-up option?"
+    train "What businesses accept this card?"        test:978  "\\n\\nWhat businesses accept this card?"
+    train "My card payment was reverted, why?"       test:2083 "My card payment was reverted.  Why?"
+    train "How do I unblock my PIN?"                 test:556  "How do I unblock my PIN?"
+  near (char 5-gram MinHash, estimated Jaccard ≥ 0.8)
+    train "I think my card is broke?"                test:376  "I think my card is broken"            0.91
+    train "Someone stole my card!"                   test:1674 "Someone stole my cards!"              0.97
+    train "is there a limit for top up?"             test:756  "Is there a limit for top-ups?"        0.98
+    train "I tried to get some money but the machine was not working .The transaction still
+           seems in progress! …"                     test:220  "Hi,I tried to get some money out but the machine …"  0.91
+  near hits that are NOT the same request (the price of Jaccard 0.8 on 10-word texts):
+    train "Where can I get my card PIN?"             test:2485 "Where can I get my card at?"          0.83
+    train "How long will it take to get to the US?"  test:285  "How long will it take to get to me?"  0.87
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate import dedup, leakage, minhash as mh, snapshot
+from curate.cli import main as cli
+from curate.example import Example, Source
+from curate.review import decide
+
+ROOT = Path(__file__).resolve().parent.parent
+B77 = ROOT / "data" / "banking77"
+
+
+def ex(user: str, split: str, answer: str = "a") -> Example:
+    return Example(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                   source=Source(kind="ticket", file="t.csv", loc=user[:6]), split=split)
+
+
+TRAIN = [
+    "How long does a transfer to Germany take from my account?",                 # 0 near copy of heldout 0
+    "Can I get a refund for a card payment made last Tuesday at the grocery?",   # 1 exact copy of eval jsonl line 2
+    "Which currencies can I hold in my wallet at the same time?",                # 2 near copy of eval csv row
+    "I want to close my account and withdraw all of the money today",           # 3 clean
+    "Why is there an extra fee on my statement for the ATM withdrawal?",        # 4 near copy of parquet row
+]
+HELD = ["How long does a transfer to Germany take from my account??!", "Is my card accepted in Japan?"]
+
+
+@pytest.fixture
+def leaky(store, tmp_path):
+    store.add_examples([ex(t, "train") for t in TRAIN] + [ex(t, "heldout", "b") for t in HELD])
+    jl = tmp_path / "eval.jsonl"
+    jl.write_text("\n".join([
+        json.dumps({"messages": [{"role": "user", "content": "Unrelated question about savings interest"}, {"role": "assistant", "content": "x"}]}),
+        json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "can i get a REFUND for a card payment made last tuesday, at the grocery"}, {"role": "assistant", "content": "y"}]}),
+        "{not json",
+    ]) + "\n")
+    cs = tmp_path / "eval.csv"
+    with cs.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["query", "label"])
+        w.writerow(["Which currencies can I hold in my wallet at the same time please?", "x"])
+        w.writerow(["", "x"])
+    pq = tmp_path / "eval.parquet"
+    pl.DataFrame({"prompt": ["Why is there an extra fee on my statment for the ATM withdrawal?", "hello"]}).write_parquet(pq)
+    return [e.id for e in store.query({"split": "train"})], jl, cs, pq
+
+
+def test_leakage_signals_report_and_snapshot_refusal(store, leaky, capsys, workspace):
+    ids, jl, cs, pq = leaky
+    cfg = dedup.DedupConfig(detectors=("exact", "near"), shingle="char")
+    res = leakage.run(store, cfg, [str(jl)], None)
+    leakage.run(store, cfg, [str(cs)], "query")  # rerun against another file: old signals are cleared first
+    assert store.get(ids[1]).signals.get("leakage") is None
+    # JSONL via messages, CSV and Parquet via --text-column (one column name per run)
+    res = leakage.run(store, cfg, [str(jl)], None)
+    assert res["counters"]["eval_rows_skipped"] == {str(jl): 1}
+    sig = store.get(ids[1]).signals["leakage"]
+    assert sig[0]["detector"] == "exact" and sig[0]["source"] == f"{jl}:2" and "REFUND" in sig[0]["other_text"]
+    h0 = store.get(ids[0]).signals["leakage"][0]
+    assert h0["detector"] == "exact" and h0["source"] == "heldout"  # "??!" normalises away
+    assert res["counters"]["leaking_train_records"] == 2
+    res = leakage.run(store, cfg, [str(pq)], "prompt")
+    assert {h["train_id"] for h in res["hits"]} == {ids[0], ids[4]}
+    assert res["hits"][-1]["detector"] == "near" and res["hits"][-1]["score"] >= 0.8
+
+    # CLI: CSV with a column name; report and counters
+    assert cli(["leakage", "--exact", "--near", "--shingle", "char", "--against", str(cs), "--text-column", "query",
+                "--workspace", str(workspace), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["leaking_train_records"] == 2 and out["hits_by_source"] == {"heldout": 1, str(cs): 1}
+    md = Path(store.meta_get("leakage_report_path")).read_text()
+    assert "Which currencies can I hold in my wallet at the same time?" in md
+    assert "Which currencies can I hold in my wallet at the same time please?" in md
+    assert store.meta_get("leakage_counters")["hits"] == 2
+
+    # snapshot create refuses the leaking train records and says where the report is
+    decide(store, [e.id for e in store.query()], "approve", "alice")
+    assert cli(["snapshot", "create", "v1", "--workspace", str(workspace)]) == 0
+    text = capsys.readouterr().out
+    assert "blocked by gates: 2 record(s) {'leakage': 2}" in text and "leakage-" in text
+    rows = snapshot.load(store, "v1", "train")
+    assert {r["id"] for r in rows} == set(ids) - {ids[0], ids[2]}
+
+
+def test_eval_file_errors(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("question,label\nhi,x\n")
+    with pytest.raises(ValueError, match=r"no column 'text' \(columns: \['question', 'label'\]\)"):
+        leakage.read_eval_file(p, None)
+    j = tmp_path / "e.jsonl"
+    j.write_text('{"messages": [{"role": "user"}]}\n[1]\n')
+    with pytest.raises(ValueError, match="no usable text rows"):
+        leakage.read_eval_file(j, None)
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"text": "a question"}\n{"messages": "nope"}\n\n{bad\n')
+    f = leakage.read_eval_file(ok, None)
+    assert [t.text for t in f.texts] == ["a question"]
+    assert [p["source"].rsplit(":", 1)[1] for p in f.problems] == ["2", "4"]
+    with pytest.raises(ValueError, match="unsupported eval file type"):
+        leakage.read_eval_file(p.rename(tmp_path / "e.xlsx"), None)
+
+
+def test_banking77_official_train_vs_test_library():
+    """All 10,003 train rows vs all 3,080 test rows, straight through curate.minhash."""
+    tr = [r["text"] for r in csv.DictReader((B77 / "train.csv").open())]
+    te = [r["text"] for r in csv.DictReader((B77 / "test.csv").open())]
+    sig, ex_ = mh.signatures_of(tr + te, "char")
+    n = len(tr)
+    in_train = set(ex_[:n].tolist())
+    assert sum(h in in_train for h in ex_[n:].tolist()) == 25  # test rows with an exact (normalised) copy in train
+    b, r = mh.optimal_params(0.8)
+    cand = mh.lsh_candidates(sig, b, r)
+    p, s = mh.near_pairs(sig, 0.8, b, r, candidates=cand[(cand[:, 0] < n) & (cand[:, 1] >= n)])
+    assert len(p) == 119 and len(set(p[:, 1].tolist())) == 103  # near pairs / test rows involved
+    pairs = {(tr[a], te[b_ - n]) for a, b_ in p.tolist()}
+    assert ("I think my card is broke?", "I think my card is broken") in pairs
+    assert ("Someone stole my card!", "Someone stole my cards!") in pairs
+
+
+def test_banking77_cli_workspace_vs_test_csv(workspace, capsys):
+    """The user's path: ingest train.csv (split 80/20 into train/heldout), then leakage against test.csv."""
+    assert cli(["ingest", str(B77 / "train.csv"), "--workspace", str(workspace), "--json"]) == 0
+    capsys.readouterr()
+    assert cli(["leakage", "--exact", "--near", "--against", str(B77 / "test.csv"), "--text-column", "text",
+                "--workspace", str(workspace), "--json"]) == 0
+    k = json.loads(capsys.readouterr().out)
+    assert k["params"]["shingle"] == "char"  # auto: median BANKING77 query has < 12 words
+    assert k["read"]["train"] == 8001 and k["read"]["heldout"] == 1998
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 123
+    assert k["leaking_train_records"] == 135
+    assert k["hits_by_source"] == {"heldout": 49, str(B77 / "test.csv"): 96}
+    rep = Path(k["report"]).with_suffix(".jsonl").read_text()
+    assert '"train_text": "I think my card is broke?"' in rep and '"other_text": "I think my card is broken"' in rep

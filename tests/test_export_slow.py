@@ -67,6 +67,11 @@ def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
     g = rep["gguf"]
     assert rep["ok"] and g["identical_greedy_outputs"] == g["prompts"] == 3
     assert g["max_abs_logit_diff"] < 0.25
+    # real llama.cpp (xllamacpp wheel, a dev dependency) on the same file
+    lc = g["llama_cpp"]
+    assert lc["checked"], lc
+    assert lc["template_mismatches"] == [] and lc["tokenizer_mismatches"] == []
+    assert lc["identical_greedy_outputs"] + sum("diverges_at" in r for r in lc["per_prompt"]) == 3
     cmds = dict(parse_modelfile((out / "Modelfile").read_text()))
     assert cmds["model"] == "./model.gguf"
     r = gguf.GGUFReader(str(out / "model.gguf"))
@@ -79,7 +84,7 @@ def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
                  "--prompts", "2", "--max-new-tokens", "12"]) == 0
     q = fake_run / "export" / "gguf-q8_0"
     rep = json.loads((q / "export_report.json").read_text())
-    assert rep["ok"] and rep["gguf"]["max_abs_logit_diff"] < 1.5
+    assert rep["ok"] and rep["gguf"]["max_abs_logit_diff"] < 3.0 and rep["gguf"]["top1_agreement"] > 0.9
     r = gguf.GGUFReader(str(q / "model-q8_0.gguf"))
     assert "Q8_0" in {t.tensor_type.name for t in r.tensors}
     assert (q / "model-q8_0.gguf").stat().st_size < 0.6 * (out / "model.gguf").stat().st_size

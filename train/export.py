@@ -15,6 +15,9 @@ of three formats, each checked before it is published:
     reported), teacher-forced logits within a dtype tolerance, the GGUF's
     tokenizer gives the same ids as the training tokenizer, and the GGUF's
     ``tokenizer.chat_template`` renders the same prompts as the training one.
+    When the ``xllamacpp`` wheel (llama.cpp built for Python) is installed, the
+    same three checks also run against real llama.cpp: its Jinja rendering of
+    the GGUF template, its tokenizer, and its greedy decoding.
 ``ollama``
     ``model.gguf`` + ``Modelfile`` (see :mod:`train.modelfile`).  Checks: all
     of the ``gguf`` checks, plus the Modelfile's Go TEMPLATE rendered as
@@ -50,8 +53,10 @@ DTYPES = ("f16", "q8_0")
 
 # Teacher-forced logit tolerance (max |Δ| over every position and vocab entry)
 # and the near-tie margin under which a greedy divergence is accepted.
-# Measured on SmolLM2-135M: f16 max |Δ| ≈ 0.05, q8_0 ≈ 0.3-0.5 (docs/export.md).
-LOGIT_ATOL = {"f16": 0.25, "q8_0": 1.5}
+# Measured on SmolLM2-135M + a LoRA: f16 max |Δ| ≈ 0.05 and top-1 agreement 1.0;
+# q8_0 max |Δ| ≈ 1.4 (over 49k logits x every position) and top-1 ≈ 0.97 (docs/export.md).
+LOGIT_ATOL = {"f16": 0.25, "q8_0": 3.0}
+TOP1_MIN = {"f16": 0.98, "q8_0": 0.9}
 TIE_MARGIN = {"f16": 0.1, "q8_0": 0.5}
 MERGE_ATOL = 1e-3
 
@@ -312,10 +317,12 @@ def gguf_parity(merged_dir: Path, gguf_path: Path, train_tok, prompts: list[list
 
     eos, pad = train_tok.eos_token_id, train_tok.pad_token_id
     per_prompt, max_diff, top1_agree, top1_total = [], 0.0, 0, 0
+    ref_runs: list[tuple] = []
     for i, conv in enumerate(prompts):
         ids = train_tok(train_render(conv), return_tensors="pt", add_special_tokens=False).input_ids
         a = _greedy(ref, ids, max_new_tokens, eos, pad)
         b = _greedy(got, ids, max_new_tokens, eos, pad)
+        ref_runs.append((ids, a))
         full = torch.cat([ids, torch.tensor([a], dtype=ids.dtype)], dim=1) if a else ids
         with torch.no_grad():
             la, lb = ref(full).logits[0], got(full).logits[0]
@@ -326,19 +333,13 @@ def gguf_parity(merged_dir: Path, gguf_path: Path, train_tok, prompts: list[list
         rec = {"prompt": i, "merged": train_tok.decode(a), "gguf": train_tok.decode(b), "identical": a == b,
                "max_abs_logit_diff": d}
         if a != b:
-            k = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
-            if k < min(len(a), len(b)):
-                row = la[ids.shape[1] - 1 + k]
-                margin = float(row[a[k]] - row[b[k]])
-                rec.update(diverges_at=k, merged_margin=margin)
-                if margin > TIE_MARGIN[dtype]:
-                    failures.append(f"prompt {i}: greedy output diverges at token {k} where the merged model prefers "
-                                    f"its token by {margin:.3f} > near-tie margin {TIE_MARGIN[dtype]}")
-            else:
-                failures.append(f"prompt {i}: one output is a prefix of the other ({len(a)} vs {len(b)} tokens)")
+            _divergence(ref, ids, a, b, dtype, f"prompt {i} (transformers GGUF loader)", rec, failures)
         per_prompt.append(rec)
     if max_diff > LOGIT_ATOL[dtype]:
         failures.append(f"teacher-forced logits differ by {max_diff:.3f} > {LOGIT_ATOL[dtype]} ({dtype})")
+    if top1_agree / max(top1_total, 1) < TOP1_MIN[dtype]:
+        failures.append(f"teacher-forced top-1 agreement {top1_agree / max(top1_total, 1):.3f} < {TOP1_MIN[dtype]} ({dtype})")
+    llamacpp = llamacpp_parity(gguf_path, ref, train_tok, convs, probes, ref_runs, dtype, max_new_tokens, failures)
     report = {
         "dtype": dtype,
         "prompts": len(prompts),
@@ -349,10 +350,98 @@ def gguf_parity(merged_dir: Path, gguf_path: Path, train_tok, prompts: list[list
         "template_conversations_checked": len(convs),
         "tokenizer_probes_checked": len(probes),
         "per_prompt": per_prompt,
+        "llama_cpp": llamacpp,
     }
     if failures:
         raise ExportError("GGUF parity failed:\n  - " + "\n  - ".join(failures), ) from None
     return report
+
+
+def _divergence(ref, ids, a: list[int], b: list[int], dtype: str, what: str, rec: dict, failures: list[str]) -> None:
+    """Accept a greedy divergence only at a near-tie of the merged model's logits."""
+    import torch
+
+    k = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
+    if k == min(len(a), len(b)):
+        failures.append(f"{what}: one output is a prefix of the other ({len(a)} vs {len(b)} tokens)")
+        return
+    full = torch.cat([ids, torch.tensor([a[:k]], dtype=ids.dtype)], dim=1) if k else ids
+    with torch.no_grad():
+        row = ref(full).logits[0, -1]
+    margin = float(row[a[k]] - row[b[k]])
+    rec.update(diverges_at=k, merged_margin=margin)
+    if margin > TIE_MARGIN[dtype]:
+        failures.append(f"{what}: greedy output diverges at token {k} where the merged model prefers its token "
+                        f"by {margin:.3f} > near-tie margin {TIE_MARGIN[dtype]}")
+
+
+def llamacpp_parity(gguf_path: Path, ref, train_tok, convs: list[list[dict]], probes: list[str],
+                    ref_runs: list[tuple], dtype: str, max_new_tokens: int, failures: list[str]) -> dict:
+    """The same checks against real llama.cpp (the ``xllamacpp`` wheel), when it is installed.
+
+    Loads the GGUF in llama.cpp's server (in-process, loopback HTTP) and
+    compares ``/apply-template`` (llama.cpp's Jinja engine on our
+    ``tokenizer.chat_template``) with the training rendering, ``/tokenize``
+    with the training tokenizer, and greedy ``/completion`` tokens with the
+    merged model's greedy tokens.
+    """
+    try:
+        import xllamacpp
+    except ImportError:
+        return {"checked": False, "reason": "xllamacpp not installed (pip install xllamacpp)"}
+    import httpx
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(gguf_path)
+    params.n_ctx = 2048
+    params.n_predict = max_new_tokens
+    params.cpuparams.n_threads = max(1, min(4, os.cpu_count() or 1))
+    params.cpuparams_batch.n_threads = params.cpuparams.n_threads
+    params.use_jinja = True
+    params.warmup = False
+    server = xllamacpp.Server(params)
+    base = str(server.listening_address)
+    base = base if base.startswith("http") else "http://" + base
+    eos = train_tok.eos_token_id
+    rep: dict[str, Any] = {"checked": True, "version": getattr(xllamacpp, "__version__", "?")}
+    try:
+        with httpx.Client(base_url=base, timeout=120) as http:
+            def post(path: str, body: dict) -> dict:
+                r = http.post(path, json=body)
+                r.raise_for_status()
+                return r.json()
+
+            train_render = renderer(train_tok)
+            # llama.cpp continues a trailing assistant message (prefill) instead of opening a new turn,
+            # so only conversations that end with a user turn (the serving case) are compared.
+            convs = [c for c in convs if c[-1]["role"] != "assistant"]
+            bad = [i for i, c in enumerate(convs) if post("/apply-template", {"messages": c})["prompt"] != train_render(c)]
+            if bad:
+                failures.append(f"llama.cpp renders the GGUF chat template differently from training for conversations {bad}")
+            bad_tok = [p[:40] for p in probes
+                       if post("/tokenize", {"content": p, "add_special": False, "parse_special": True})["tokens"]
+                       != train_tok(p, add_special_tokens=False).input_ids]
+            if bad_tok:
+                failures.append(f"llama.cpp tokenizes differently from training: {bad_tok}")
+            identical, per = 0, []
+            for i, (ids, a) in enumerate(ref_runs):
+                r = post("/completion", {"prompt": ids[0].tolist(), "n_predict": max_new_tokens, "temperature": 0,
+                                         "top_k": 1, "return_tokens": True, "cache_prompt": False})
+                b = list(r.get("tokens") or [])
+                a_cmp = a[:-1] if a and a[-1] == eos else a
+                b_cmp = b[:-1] if b and b[-1] == eos else b
+                rec = {"prompt": i, "llama_cpp": train_tok.decode(b_cmp), "identical": a_cmp == b_cmp}
+                if a_cmp == b_cmp:
+                    identical += 1
+                else:
+                    _divergence(ref, ids, a_cmp, b_cmp, dtype, f"prompt {i} (llama.cpp)", rec, failures)
+                per.append(rec)
+            rep.update(template_conversations_checked=len(convs), template_mismatches=bad,
+                       tokenizer_probes_checked=len(probes), tokenizer_mismatches=bad_tok,
+                       identical_greedy_outputs=identical, prompts=len(ref_runs), per_prompt=per)
+    finally:
+        del server
+    return rep
 
 
 # ------------------------------------------------------------------- export
@@ -504,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     cfg = ExportConfig(run=args.run, format=args.format, dtype=args.dtype, out=args.out, base=args.base,
                        prompts=args.prompts, max_new_tokens=args.max_new_tokens, name=args.name,
                        progress=not args.quiet)
@@ -527,6 +620,13 @@ def summary(rep: dict) -> str:
                      f"(tolerance {g['logit_atol']}); top-1 agreement {g['top1_agreement']:.3f}; "
                      f"tokenizer {g['tokenizer_probes_checked']} probes and chat template "
                      f"{g['template_conversations_checked']} conversations identical")
+        lc = g.get("llama_cpp") or {}
+        if lc.get("checked"):
+            lines.append(f"  llama.cpp ({lc['version']}): {lc['identical_greedy_outputs']}/{lc['prompts']} identical greedy "
+                         f"outputs; chat template {lc['template_conversations_checked']} conversations and tokenizer "
+                         f"{lc['tokenizer_probes_checked']} probes identical")
+        else:
+            lines.append(f"  llama.cpp: not checked ({lc.get('reason')})")
     m = rep.get("modelfile")
     if m:
         lines.append(f"  Modelfile: TEMPLATE renders identically to training on {m['conversations_checked']} conversations; "

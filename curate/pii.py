@@ -1,28 +1,73 @@
-"""PII scrubbing with typed placeholders.
+"""PII scrubbing with typed placeholders — the one place ingestion removes personal data.
 
-:func:`scrub` replaces, in this order: emails ``[EMAIL]``, card numbers
-(13-19 digits, Luhn-checked) ``[CARD]``, account/IBAN numbers ``[ACCOUNT]``,
-phone numbers ``[PHONE]``, order ids ``[ORDER_ID]``, street addresses
-``[ADDRESS]``, usernames given as ``username: x`` ``[USERNAME]`` and known
-names (passed by the reader, e.g. the customer name in a ticket) ``[NAME]``.
-Each replacement is recorded as ``{"type", "start", "end"}`` on the scrubbed
-text's original positions (the value itself is never stored).
+:func:`scrub` replaces, in this order:
+
+1. **known values** the reader passes as ``(TYPE, value)`` pairs (the customer
+   name of a ticket, ABCD's scenario: name, username, email, phone, order id,
+   street address, zip code, account id) → ``[TYPE]``. Matched
+   case-insensitively on word boundaries; a known name also matches each of
+   its words of ≥ 3 letters ("Crystal" alone); a known phone matches its digits
+   with any separators. Known values go first so they get their true type.
+2. generic patterns, only tried when the text has a digit, an ``@`` or one
+   of the keywords below (a cheap pre-check; most chat text has none):
+
+   ============  =================================================================
+   ``[EMAIL]``   ``name@host.tld``
+   ``[CARD]``    13–19 digits (spaces/dashes allowed) passing the Luhn check
+   ``[ACCOUNT]`` IBAN, or ``account/acct/a/c (number|no|#|id)`` + 6–12 digits
+   ``[PHONE]``   ``(977) 625-2661``, ``977-625-2661``, ``+44 20 7946 0958`` …
+                 (groups of digits with separators; a plain number is not a phone)
+   ``[ORDER_ID]`` ``order (id|number|no|#)`` + a 6–14 char code containing a
+                 digit, or a bare 10-digit number
+   ``[ADDRESS]`` house number + up to 3 words + a street suffix (st, ave, rd …)
+   ``[USERNAME]`` ``username/login/user id`` then ``:`` or ``is`` and a handle
+                 with a digit, ``_`` or ``.`` (or any handle after ``:``)
+   ``[NAME]``    ``my name is`` / ``name's`` + one or two Capitalised words
+   ============  =================================================================
+
+Amounts, percentages, dates and small counts ("charged 1.5% extra",
+"£100", "2 days ago") are never PII. Each replacement is recorded as
+``{"type": TYPE}`` (the value itself is never stored).
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-ACCOUNT = re.compile(r"(?i)\b(?:account|acct|a/c)(?:\s*(?:number|no\.?|#|id))?\s*[:#]?\s*(\d{6,12})\b")
-PHONE = re.compile(r"(?<![\w])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]?\d{4}\b")
-ORDER = re.compile(r"(?i)\b(?:order(?:\s*(?:id|number|no\.?|#))?\s*[:#]?\s*)([A-Z0-9]{6,14})\b|\b(\d{10})\b")
+ACCOUNT = re.compile(r"(?i)\b(?:account|acct|a/c)(?:\s*(?:number|no\.?|#|id))?\s*(?:is\s*)?[:#]?\s*(\d{6,12})\b")
+PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)\s?\d{3,4}[ .-]?\d{4}|\d{3}[ .-]\d{3}[ .-]?\d{4}"
+    r"|\+\d{1,3}[ .-]?\d{2,4}[ .-]\d{3,4}[ .-]\d{3,4})\b"
+)
+ORDER = re.compile(
+    r"(?i)\border(?:\s*(?:id|number|no\.?|#))?\s*(?:is\s*)?[:#]?\s*((?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{5,13})\b|(?<![\d.,])\b(\d{10})\b(?![.,]\d)"
+)
 ADDRESS = re.compile(
     r"(?i)\b\d{1,6}\s+(?:[a-z0-9]+\s){0,3}(?:st|street|ave|avenue|rd|road|blvd|boulevard|ln|lane|dr|drive|way|ct|court|pl|place)\b\.?"
 )
-USERNAME = re.compile(r"(?i)\b(?:user\s*name|username|user id|login)\s*(?:is|:)?\s*([A-Za-z0-9_.-]{3,})")
+USERNAME = re.compile(
+    r"(?i)\b(?:user\s*name|user\s*id|login)\s*(?::\s*([A-Za-z0-9_.-]{3,})|(?:is)\s+((?=[A-Za-z0-9_.-]*[\d_.])[A-Za-z0-9_.-]{3,}))"
+)
+MY_NAME = re.compile(r"\b(?:[Mm]y name is|[Nn]ame's|[Mm]y name's)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)\b")
+TRIGGER = re.compile(r"[\d@]|(?i:user\s*name|user\s*id|login|name is|name's)")
+
+GENERIC = (
+    (EMAIL, "EMAIL", None),
+    (CARD, "CARD", "luhn"),
+    (IBAN, "ACCOUNT", None),
+    (ACCOUNT, "ACCOUNT", 1),
+    (PHONE, "PHONE", None),
+    (ORDER, "ORDER_ID", (1, 2)),
+    (ADDRESS, "ADDRESS", None),
+    (USERNAME, "USERNAME", (1, 2)),
+    (MY_NAME, "NAME", 1),
+)
+KNOWN_TYPES = ("NAME", "USERNAME", "EMAIL", "PHONE", "ORDER_ID", "ADDRESS", "ZIP", "ACCOUNT", "CARD")
+_NONDIGIT = re.compile(r"\D")
 
 
 def _luhn(digits: str) -> bool:
@@ -36,36 +81,72 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def scrub(text: str, known_names: Iterable[str] = ()) -> tuple[str, list[dict]]:
+def _card_ok(s: str) -> bool:
+    d = _NONDIGIT.sub("", s)
+    return len(d) >= 13 and _luhn(d)
+
+
+@lru_cache(maxsize=4096)
+def _known_pattern(tag: str, value: str) -> re.Pattern | None:
+    v = value.strip()
+    if len(v) < 2:
+        return None
+    if tag == "PHONE":
+        digits = _NONDIGIT.sub("", v)
+        if len(digits) < 7:
+            return None
+        return re.compile(r"(?<![\d(+])[(+]*" + r"[\s().+-]*".join(digits) + r"(?!\d)")
+    alts = [re.escape(v)]
+    if tag == "NAME":
+        alts += [re.escape(p) for p in v.split() if len(p) >= 3 and p.isalpha()]
+    elif tag == "ADDRESS":
+        alts = [re.escape(" ".join(v.split())).replace(r"\ ", r"\s+")]
+    return re.compile(r"(?i)(?<![\w@])(?:" + "|".join(alts) + r")(?![\w@])")
+
+
+def _sub(pattern: re.Pattern, tag: str, text: str, findings: list[dict], group=None, check=None) -> str:
+    out: list[str] = []
+    last = 0
+    for m in pattern.finditer(text):
+        if isinstance(group, tuple):
+            g = next((i for i in group if m.group(i) is not None), 0)
+        else:
+            g = group or 0
+        s, e = m.span(g)
+        if check == "luhn" and not _card_ok(text[s:e]):
+            continue
+        out.append(text[last:s])
+        out.append(f"[{tag}]")
+        findings.append({"type": tag})
+        last = e
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
+def scrub(
+    text: str,
+    known_names: Iterable[str] = (),
+    known: Iterable[tuple[str, str]] = (),
+) -> tuple[str, list[dict]]:
+    """Return ``(scrubbed text, findings)``; ``findings`` is one ``{"type"}`` per replacement.
+
+    ``known_names`` are shorthand for ``("NAME", name)`` pairs in ``known``.
+    """
     findings: list[dict] = []
-
-    def sub(pattern: re.Pattern, tag: str, text: str, group: int | None = None, check=None) -> str:
-        out, last = [], 0
-        for m in pattern.finditer(text):
-            g = group if group is not None and m.group(group) is not None else 0
-            if group is not None and m.group(group) is None and m.lastindex:
-                # alternative group (ORDER's bare 10-digit form)
-                g = m.lastindex
-            s, e = m.span(g)
-            if check and not check(text[s:e]):
-                continue
-            out.append(text[last:s])
-            out.append(f"[{tag}]")
-            findings.append({"type": tag})
-            last = e
-        out.append(text[last:])
-        return "".join(out)
-
-    text = sub(EMAIL, "EMAIL", text)
-    text = sub(CARD, "CARD", text, check=lambda s: _luhn(re.sub(r"\D", "", s)) and len(re.sub(r"\D", "", s)) >= 13)
-    text = sub(IBAN, "ACCOUNT", text)
-    text = sub(ACCOUNT, "ACCOUNT", text, group=1)
-    text = sub(PHONE, "PHONE", text)
-    text = sub(ORDER, "ORDER_ID", text, group=1)
-    text = sub(ADDRESS, "ADDRESS", text)
-    text = sub(USERNAME, "USERNAME", text, group=1)
-    for name in sorted({n.strip() for n in known_names if n and len(n.strip()) >= 2}, key=len, reverse=True):
-        parts = [name] + [p for p in name.split() if len(p) >= 3]
-        for p in parts:
-            text = sub(re.compile(r"(?i)\b" + re.escape(p) + r"\b"), "NAME", text)
+    pairs = [("NAME", n) for n in known_names if n] + [(t, v) for t, v in known if v]
+    if pairs:
+        # longest first, so "6821 1st ave" wins over a shorter value inside it
+        for tag, value in sorted(set(pairs), key=lambda p: len(p[1]), reverse=True):
+            pat = _known_pattern(tag, str(value))
+            if pat is not None:
+                text = _sub(pat, tag, text, findings)
+    if TRIGGER.search(text) is None:
+        return text, findings
+    for pattern, tag, group in GENERIC:
+        if group == "luhn":
+            text = _sub(pattern, tag, text, findings, check="luhn")
+        else:
+            text = _sub(pattern, tag, text, findings, group=group)
     return text, findings

@@ -11,10 +11,17 @@ Auto-detection by extension and a peek at the content:
 =====================  ===============================================
 ``.csv .tsv``           tickets
 ``.jsonl .ndjson``      chat files if the first object has ``messages``,
-                        ``conversations`` or ``instruction``; else tickets
-``.json``               transcripts if items have ``original``/``turns``
-                        /``dialogue``; chat files if ``messages``/
-                        ``conversations``/``instruction``; else tickets
+                        ``conversations`` or ``instruction``; transcripts
+                        if it has ``original``/``turns``/``dialogue``/
+                        ``utterances``; else tickets
+``.json``               docs if the file is a *knowledge object*: a JSON
+                        object whose top-level values are all objects or
+                        lists of scalars — no list of records, no top-level
+                        text field (ABCD ``guidelines.json``, ``kb.json``);
+                        else transcripts if items have ``original``/``turns``
+                        /``dialogue``/``utterances``; chat files if
+                        ``messages``/``conversations``/``instruction``;
+                        else tickets
 ``.vtt .srt``           transcripts
 ``.txt``                transcripts if ≥ 2 lines look like ``Speaker: …``, else docs
 ``.md .markdown .html`` docs
@@ -97,6 +104,18 @@ def _peek_json_keys(path: Path) -> set[str]:
         return set()
 
 
+def _is_knowledge_json(path: Path, max_bytes: int = 50_000_000) -> bool:
+    """The docs-JSON rule (see the table above); files over ``max_bytes`` are not parsed."""
+    from .docs import is_knowledge_json
+
+    try:
+        if path.stat().st_size > max_bytes:
+            return False
+        return is_knowledge_json(json.loads(path.read_bytes().decode("utf-8-sig")))
+    except (OSError, ValueError):
+        return False
+
+
 def detect_kind(path: Path) -> str | None:
     s = path.suffix.lower()
     if s in (".csv", ".tsv"):
@@ -106,10 +125,12 @@ def detect_kind(path: Path) -> str | None:
     if s in (".md", ".markdown", ".html", ".htm"):
         return "docs"
     if s in (".jsonl", ".ndjson", ".json"):
+        if s == ".json" and _is_knowledge_json(path):
+            return "docs"
         keys = _peek_json_keys(path)
         if keys & {"messages", "conversations", "instruction"}:
             return "chat"
-        if s == ".json" and keys & {"original", "turns", "dialogue", "utterances"}:
+        if keys & {"original", "turns", "dialogue", "utterances"}:
             return "transcripts"
         return "tickets"
     if s == ".txt":

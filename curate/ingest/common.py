@@ -67,29 +67,51 @@ def make_example(
     group: str = "",
     label: str | None = None,
     known_names: Iterable[str] = (),
+    known: Iterable[tuple[str, str]] = (),
     field_name: str | None = None,
+    signals: dict[str, Any] | None = None,
 ) -> Example | Reject:
-    """Scrub PII from non-system turns, validate, and build the Example (or a Reject)."""
+    """Scrub PII from non-system turns, validate, and build the Example (or a Reject).
+
+    ``known`` are ``(TYPE, value)`` pairs scrubbed as ``[TYPE]`` (see :mod:`curate.pii`).
+    ``signals`` are extra measured facts for the record; an ``actions`` list in it
+    (``[{"speaker", "text", "after_turn"}]``, the system/action lines a transcript
+    dropped from the chat) is scrubbed too.
+    """
     findings: list[dict[str, Any]] = []
+    signals = dict(signals or {})
     if opts.scrub_pii:
         names = tuple(opts.known_names) + tuple(n for n in known_names if n)
+        known = tuple(known)
         scrubbed = []
         for i, m in enumerate(messages):
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str) and m.get("role") != "system":
-                content, f = scrub(content, names)
-                for x in f:
-                    x["turn"] = i
-                findings += f
-                m = {**m, "content": content}
+                new, f = scrub(content, names, known)
+                if f:
+                    for x in f:
+                        x["turn"] = i
+                    findings += f
+                    m = {**m, "content": new}
             scrubbed.append(m)
         messages = scrubbed
+        if signals.get("actions"):
+            acts = []
+            for a in signals["actions"]:
+                new, f = scrub(a.get("text", ""), names, known)
+                for x in f:
+                    x["action"] = len(acts)
+                findings += f
+                acts.append({**a, "text": new})
+            signals["actions"] = acts
     try:
         ex = Example(messages=messages, source=source, group=group, label=label)
     except MessageError as e:
         return Reject(source.file, source.loc, f"invalid conversation: {e}", field_name or "messages", repr(messages)[:500])
     if findings:
-        ex.signals["pii"] = findings
+        signals["pii"] = findings
+    if signals:
+        ex.signals = signals
     return ex
 
 
@@ -111,3 +133,82 @@ def open_text(path: Path) -> tuple[str | None, str | None]:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         return None, f"not valid UTF-8 (line {line}, byte {e.start}); re-save the file as UTF-8"
+
+
+def iter_json_items(path: Path, item_keys: tuple[str, ...] = ()) -> "Iterable[tuple[str, Any, str | None]]":
+    """Yield ``(loc, object, error)`` for the objects in a ``.jsonl``/``.ndjson``/``.json`` file.
+
+    JSONL is streamed line by line (``loc`` = ``line N``; a bad line is one error,
+    the rest still reads). A ``.json`` file is read whole: a top-level array gives
+    ``item N``; an object that has one of ``item_keys`` is itself the single item;
+    an object of arrays (``{"train": […], "dev": […]}``) gives ``train[N]`` ….
+    """
+    import json
+
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            yield "file", None, f"cannot read file: {e.strerror}"
+            return
+        with f:
+            n_items = 0
+            for i, raw in enumerate(f, 1):
+                if i == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    yield f"line {i}", None, f"not valid UTF-8 at byte {e.start} of the line; re-save the file as UTF-8"
+                    continue
+                if not line:
+                    continue
+                n_items += 1
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    why = "truncated JSON" if e.msg.startswith(("Unterminated", "Expecting")) and e.pos >= len(line) - 1 else "invalid JSON"
+                    yield f"line {i}", None, f"{why}: {e.msg} at column {e.colno}"
+                    continue
+                if not isinstance(obj, dict):
+                    yield f"line {i}", None, f"expected a JSON object, got {type(obj).__name__}"
+                    continue
+                yield f"line {i}", obj, None
+            if n_items == 0:
+                yield "file", None, "empty file"
+        return
+    text, err = open_text(path)
+    if err:
+        yield "file", None, err
+        return
+    if not text.strip():
+        yield "file", None, "empty file"
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        why = "truncated JSON" if e.pos >= len(text.rstrip()) - 1 else "invalid JSON"
+        yield f"line {e.lineno}", None, f"{why}: {e.msg} at line {e.lineno} column {e.colno}"
+        return
+    if isinstance(data, dict):
+        if set(data) & set(item_keys) or not any(isinstance(v, list) for v in data.values()):
+            seqs = [("item ", [data])]
+        else:
+            seqs = [(f"{k}[", v) for k, v in data.items() if isinstance(v, list)]
+    elif isinstance(data, list):
+        seqs = [("item ", data)]
+    else:
+        yield "file", None, f"expected a JSON array or object, got {type(data).__name__}"
+        return
+    n = 0
+    for prefix, items in seqs:
+        for i, obj in enumerate(items):
+            loc = f"{prefix}{i}]" if prefix.endswith("[") else f"{prefix}{i}"
+            n += 1
+            if not isinstance(obj, dict):
+                yield loc, None, f"expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield loc, obj, None
+    if n == 0:
+        yield "file", None, "no items: the JSON holds an empty array"

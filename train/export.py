@@ -175,6 +175,25 @@ def locate_run(run_dir: str | Path, base: str | None = None) -> RunInfo:
     return RunInfo(run, adapter, tokdir, base, field_used, manifest)
 
 
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _strings(d: Any):
+    """Every string value in a nested JSON structure."""
+    if isinstance(d, str):
+        yield d
+    elif isinstance(d, dict):
+        for v in d.values():
+            yield from _strings(v)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _strings(v)
+
+
 def _sha_dir(d: Path, pattern: str = "adapter_model.*") -> str:
     h = hashlib.sha256()
     for p in sorted(d.glob(pattern)):
@@ -222,14 +241,15 @@ def heldout_prompts(info: RunInfo, n: int) -> tuple[list[list[dict]], str]:
         v = _dig(info.manifest, key)
         if isinstance(v, str):
             cands.append(Path(v))
-    name = next((v for v in (_dig(info.manifest, k) for k in ("snapshot.name", "snapshot", "config.snapshot"))
-                 if isinstance(v, str)), None)
-    ws = next((v for v in (_dig(info.manifest, k) for k in ("workspace", "config.workspace", "snapshot.workspace"))
-               if isinstance(v, str)), None)
-    if name and ws:
-        cands.append(Path(ws) / "snapshots" / name)
+    strings = list(_strings(info.manifest))
+    # any path-like string in the manifest that is a snapshot folder
+    cands += [Path(v) for v in strings if "/" in v and len(v) < 4096]
+    # a workspace folder + a snapshot name anywhere in the manifest
+    workspaces = [Path(v) for v in strings if "/" in v and len(v) < 4096 and _is_dir(Path(v) / "snapshots")]
+    for ws in workspaces:
+        cands += [ws / "snapshots" / v for v in strings if v and "/" not in v and len(v) < 200]
     for d in cands:
-        if (d / "heldout.parquet").exists():
+        if _is_dir(d) and (d / "heldout.parquet").exists():
             rows = sorted(snap.load(d, split="heldout"), key=lambda r: r["id"])
             prompts = [p for p in (_prompt_of(r["messages"]) for r in rows) if p][:n]
             if prompts:

@@ -143,11 +143,16 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
         return pw[:n], inv[:n]
     m = 1 << max(16, (n - 1).bit_length())
     pinv = pow(int(_P), -1, 1 << 64)
+    pw = np.empty(m, U64)
+    inv = np.empty(m, U64)
+    pw[0] = inv[0] = 1
+    size = 1
     with np.errstate(over="ignore"):
-        pw = np.cumprod(np.full(m, _P, dtype=U64))
-        inv = np.cumprod(np.full(m, U64(pinv), dtype=U64))
-    pw = np.concatenate([np.ones(1, U64), pw[:-1]])
-    inv = np.concatenate([np.ones(1, U64), inv[:-1]])
+        while size < m:  # doubling: block [size, 2·size) = block [0, size) · P^size
+            step = min(size, m - size)
+            np.multiply(pw[:step], U64(pow(int(_P), size, 1 << 64)), out=pw[size : size + step])
+            np.multiply(inv[:step], U64(pow(pinv, size, 1 << 64)), out=inv[size : size + step])
+            size += step
     _POW_CACHE.clear()
     _POW_CACHE[m] = (pw, inv)
     return pw[:n], inv[:n]
@@ -204,7 +209,9 @@ def shingle(texts: Sequence[str], kind: str = "word", n: int | None = None) -> S
         wpw, _ = _powers(int(pos.max()) + 2 if len(pos) else 2)
         contrib = _mix64(wh * wpw[pos] + U64(0x9E3779B97F4A7C15))
         exact = np.zeros(n_docs, U64)
-        np.add.at(exact, wdoc, contrib)
+        has = np.flatnonzero(words_per_doc > 0)
+        if len(has):  # words are in document order: one segment sum per non-empty doc
+            exact[has] = np.add.reduceat(contrib, first_word[has])
         exact = np.where(words_per_doc > 0, _mix64(exact + words_per_doc.astype(U64)), U64(0))
 
     if kind == "word":
@@ -241,8 +248,10 @@ def shingle(texts: Sequence[str], kind: str = "word", n: int | None = None) -> S
         if len(short):
             sh = np.concatenate([sh, _mix64(exact[short] ^ U64(0x5555))])
             sd = np.concatenate([sd, short])
-    order = np.argsort(sd, kind="stable")
-    return Shingled(sh[order], sd[order], n_docs, words_per_doc, exact)
+    if len(sd) > 1 and (sd[1:] < sd[:-1]).any():
+        order = np.argsort(sd, kind="stable")
+        sh, sd = sh[order], sd[order]
+    return Shingled(sh, sd, n_docs, words_per_doc, exact)
 
 
 def choose_shingle(texts: Sequence[str], kind: str = "auto") -> str:
@@ -312,13 +321,24 @@ def nonempty(sig: np.ndarray) -> np.ndarray:
 
 
 def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch: int = 20000,
-                  seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures and exact-text hashes of ``texts``, computed ``batch`` at a time."""
+                  seed: int = 1, max_chars: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures and exact-text hashes of ``texts``.
+
+    Work is done in chunks of at most ``batch`` texts and about ``max_chars``
+    characters, which keeps the temporary arrays (8 bytes per input byte) in cache
+    and the power table small; results do not depend on the chunking.
+    """
     sigs, exact = [], []
-    for i in range(0, len(texts), batch):
-        sh = shingle(texts[i : i + batch], kind)
+    i, n = 0, len(texts)
+    while i < n:
+        j, size = i, 0
+        while j < n and j - i < batch and (size < max_chars or j == i):
+            size += len(texts[j]) + 1
+            j += 1
+        sh = shingle(texts[i:j], kind)
         sigs.append(signatures(sh, k, seed))
         exact.append(sh.exact)
+        i = j
     if not sigs:
         return np.zeros((0, k), np.uint32), np.zeros(0, U64)
     return np.concatenate(sigs), np.concatenate(exact)

@@ -57,6 +57,8 @@ def test_signatures_do_not_depend_on_batching():
     texts = [f"record number {i} says something about cards and top ups {i % 7}" for i in range(50)]
     a, xa = mh.signatures_of(texts, "char", batch=7)
     b, xb = mh.signatures_of(texts, "char", batch=1000)
+    c, xc = mh.signatures_of(texts, "char", max_chars=200)
+    assert (a == c).all() and (xa == xc).all()
     assert (a == b).all() and (xa == xb).all()
 
 

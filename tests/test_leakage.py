@@ -158,3 +158,22 @@ def test_banking77_cli_workspace_vs_test_csv(workspace, capsys):
     assert k["hits_by_source"] == {"heldout": 49, str(B77 / "test.csv"): 96}
     rep = Path(k["report"]).with_suffix(".jsonl").read_text()
     assert '"train_text": "I think my card is broke?"' in rep and '"other_text": "I think my card is broken"' in rep
+
+
+@pytest.mark.slow
+def test_banking77_semantic_leakage(workspace, capsys):
+    """All three detectors (embeds ~13k texts on CPU: minutes). At cosine 0.95 the semantic
+    detector adds paraphrase-level leaks — BANKING77 is built from rewordings of the same
+    77 requests, so about a fifth of its train queries have a test/held-out rewording, e.g.
+      "how do I get my card to show in the app?" ~ "How do I make my card appear on the app?" (0.954).
+    Counts measured on CPU (all-MiniLM-L6-v2 fp32): 2887 semantic hits on 1547 train records;
+    a tolerance of 2 % absorbs float differences across BLAS/GPU."""
+    assert cli(["ingest", str(B77 / "train.csv"), "--workspace", str(workspace), "--json"]) == 0
+    capsys.readouterr()
+    assert cli(["leakage", "--against", str(B77 / "test.csv"), "--text-column", "text",
+                "--workspace", str(workspace), "--json"]) == 0
+    k = json.loads(capsys.readouterr().out)
+    sem = k["detectors"]["semantic"]
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 123
+    assert abs(sem["hits"] - 2887) <= 0.02 * 2887 and abs(sem["train_records"] - 1547) <= 0.02 * 1547
+    assert abs(k["leaking_train_records"] - 1625) <= 0.02 * 1625

@@ -1,4 +1,4 @@
-"""Argilla queues against a real Argilla server (integration tier).
+"""Argilla queues against a real Argilla server (integration tier), plus one labeler in its real web UI.
 
 The module fixture runs ``scripts/argilla.sh up`` with a temporary state
 folder and workspace (the first run installs ``.venv-argilla``: minutes), and
@@ -11,6 +11,7 @@ a schema changed by hand, a wrong key and a stopped server give clear errors.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -88,6 +89,91 @@ def answer(client: httpx.Client, record: dict, status: str, decision: str | None
     r = client.post(f"/api/v1/records/{record['id']}/responses", json={"values": values, "status": status})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def test_labeler_in_the_real_argilla_ui(stack, capsys, tmp_path, artifacts_dir):
+    """A labeler clicks in Argilla's web UI (headless Chromium): approve, edit the pre-filled reply,
+    reject with a reason, discard; pull maps exactly that (the UI submits the pre-filled reply too)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is required (make system-deps)"
+    ws = tmp_path / "ui-ws"
+    ws.mkdir()
+    cfg = tomllib.loads((stack["ws"] / "config.toml").read_text())["argilla"]
+    (ws / "config.toml").write_text("[argilla]\n" + "".join(f'{k} = "{v}"\n' for k, v in cfg.items()))
+    rc, out, err = run_cli(capsys, "ingest", str(ROOT / "data" / "banking77_demo"), "--workspace", str(ws))
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "review", "push", "--queue", "ui-check", "--workspace", str(ws), "--limit", "4")
+    assert rc == 0, err
+    store = open_store(ws)
+    ids = [e.id for e in store.query({}, limit=4)]
+    owner = rest(stack["url"], stack["key"])
+    ds_id = next(d["id"] for d in owner.get("/api/v1/me/datasets").json()["items"] if d["name"] == "ui-check")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.goto(stack["url"] + "/sign-in")
+            pg.fill("input[type=text]", cfg["username"])
+            pg.fill("input[type=password]", cfg["password"])
+            pg.keyboard.press("Enter")
+            pg.wait_for_url("**/")
+            pg.goto(f"{stack['url']}/dataset/{ds_id}/annotation-mode")
+            submit = pg.get_by_role("button", name="Submit")
+            shown: list[str] = []
+
+            def current_record() -> str:  # the UI's order is its own: read the record id from the context field
+                pg.get_by_text("Context (source, signals)").wait_for()
+                rid = re.search(r"record ([0-9a-f]{24})", pg.get_by_text(re.compile(r"record [0-9a-f]{24}")).first.inner_text())
+                shown.append(rid.group(1))
+                return rid.group(1)
+
+            def answered(n: int) -> None:  # wait until the server holds n responses and the next record is shown
+                for _ in range(80):
+                    if sum(bool(r["responses"]) for r in dataset_records(owner, ds_id).values()) >= n:
+                        pg.wait_for_timeout(500)
+                        return
+                    pg.wait_for_timeout(250)
+                raise AssertionError(f"the UI did not store response {n}")
+
+            def choose(label: str) -> None:
+                pg.get_by_text(label, exact=True).first.click()
+
+            current_record()
+            choose("approve")
+            submit.click()
+            answered(1)
+            current_record()
+            choose("approve")
+            pg.locator("[contenteditable=true]").last.click()
+            pg.keyboard.press("Control+A")
+            pg.keyboard.type("edited_in_the_ui")
+            submit.click()
+            answered(2)
+            current_record()
+            choose("reject")
+            choose("wrong label")
+            submit.click()
+            answered(3)
+            current_record()
+            pg.get_by_role("button", name="Discard").click()
+            answered(4)
+            pg.screenshot(path=str(artifacts_dir / "argilla_ui_after.png"))
+        finally:
+            browser.close()
+    rc, out, err = run_cli(capsys, "review", "pull", "--queue", "ui-check", "--workspace", str(ws))
+    assert rc == 0, err
+    store = open_store(ws)
+    assert sorted(shown) == sorted(ids), "the UI showed each pushed record once"
+    evs = {i: [(e["reviewer"], e["action"], e["reason"]) for e in store.events(record_id=i)] for i in shown}
+    assert evs == {shown[0]: [("owner", "approve", None)], shown[1]: [("owner", "edit", None)],
+                   shown[2]: [("owner", "reject", "wrong label")], shown[3]: []}
+    new = store.get(store.events(record_id=shown[1])[0]["new_record_id"])
+    assert new.messages[-1]["content"] == "edited_in_the_ui" and new.parent_id == shown[1]
+    assert [store.get(i).status for i in shown] == ["approved", "edited", "rejected", "pending"]
 
 
 def test_push_answer_pull_rerun_and_errors(stack, capsys):

@@ -290,10 +290,23 @@ def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:
         raise ExportError(f"merge check failed: merged vs adapter logits differ by {diff:.3g} > {MERGE_ATOL}")
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
+    train_render = renderer(tok)
     tok.chat_template = serving_template(tok.chat_template)
     tok.save_pretrained(out_dir)
+    # what was written is what was checked: reload the folder, compare logits and template renderings
+    saved_tok = AutoTokenizer.from_pretrained(out_dir)
+    with torch.no_grad():
+        reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()(probe).logits
+    reload_diff = float((reloaded - after).abs().max())
+    if reload_diff > 1e-5:
+        raise ExportError(f"merged folder {out_dir} reloads with logits {reload_diff:.3g} away from the merged model")
+    from train.modelfile import PARITY_CONVERSATIONS
+
+    bad = [i for i, c in enumerate(PARITY_CONVERSATIONS) if renderer(saved_tok)(c) != train_render(c)]
+    if bad:
+        raise ExportError(f"merged folder's chat template renders conversations {bad} differently from training")
     return {"merge_max_abs_logit_diff": diff, "adapter_effect_max_abs_logit": adapter_effect,
-            "base_model": str(base_path), "base_model_from": info.base_field}
+            "reload_max_abs_logit_diff": reload_diff, "base_model": str(base_path), "base_model_from": info.base_field}
 
 
 # --------------------------------------------------------------- GGUF check
@@ -488,6 +501,7 @@ def _ensure_merged(cfg: ExportConfig, info: RunInfo, log) -> tuple[Path, dict]:
         rep = _read_json(rep_path)
         if rep.get("adapter_sha256") == sha and rep.get("ok"):
             log(f"reusing merged model {target} (same adapter sha256 {sha[:12]}…)")
+            rep["out"] = str(target)
             return target, rep
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
@@ -497,6 +511,7 @@ def _ensure_merged(cfg: ExportConfig, info: RunInfo, log) -> tuple[Path, dict]:
     rep.update(format="merged", ok=True, adapter_sha256=sha, run=str(info.run_dir))
     (partial / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
     _publish(partial, target)
+    rep["out"] = str(target)
     log(f"merged: {target} (merged-vs-adapter max |Δlogit| {rep['merge_max_abs_logit_diff']:.2e})")
     return target, rep
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import httpx
-import pytest
 import respx
 
 from curate import argilla_queue as aq

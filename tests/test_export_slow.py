@@ -112,3 +112,25 @@ def test_gguf_parity_catches_a_broken_file(fake_run: Path, tmp_path: Path):
         gw.permute_rope = orig
     with pytest.raises(ExportError, match="logits differ|diverges"):
         gguf_parity(merged, tmp_path / "bad.gguf", tok, BUILTIN_PROMPTS[:1], "f16", 8)
+
+
+def test_writer_agrees_with_upstream_converter_metadata(tmp_path: Path):
+    """Our GGUF of the base model carries the same hyper-parameters and tokenizer arrays as the
+    embedded SmolLM2 GGUF, which llama.cpp's own converter wrote (weights differ: that one is Q4_1)."""
+    import gguf
+
+    from curate.models import embedded_gguf, materialize_chat_model
+    from train.gguf_writer import write_llama_gguf
+
+    base = materialize_chat_model()
+    template = (base / "chat_template.jinja").read_text()
+    ours = gguf.GGUFReader(str(write_llama_gguf(base, tmp_path / "base.gguf", dtype="f16", chat_template=template,
+                                                progress=False)))
+    up = gguf.GGUFReader(str(embedded_gguf()))
+    same = [k for k in up.fields if k.startswith("llama.") or k.startswith("tokenizer.")]
+    differ = {k: (up.fields[k].contents(), ours.fields[k].contents() if k in ours.fields else None)
+              for k in same if k not in ours.fields or ours.fields[k].contents() != up.fields[k].contents()}
+    # the only difference allowed: llama.cpp names this byte-level split 'smollm' (GPT-2 regex + single
+    # digits); the tokenizer we train with splits with the plain GPT-2 regex, which llama.cpp calls 'gpt-2'
+    assert differ == {"tokenizer.ggml.pre": ("smollm", "gpt-2")}, differ
+    assert sorted(t.name for t in ours.tensors) == sorted(t.name for t in up.tensors)

@@ -39,12 +39,19 @@ class MessageError(ValueError):
 _WS = re.compile(r"\s+")
 
 
+_BLANKS = re.compile(r"\n{3,}")
+
+
 def clean_text(text: str) -> str:
     """Trim and collapse runs of blank lines / trailing spaces (content-preserving)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
-    lines = [ln.rstrip() for ln in text.split("\n")]
-    out = "\n".join(lines).strip()
-    return re.sub(r"\n{3,}", "\n\n", out)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\ufeff" in text:
+        text = text.replace("\ufeff", "")
+    if "\n" not in text:  # fast path: one line
+        return text.strip()
+    out = "\n".join([ln.rstrip() for ln in text.split("\n")]).strip()
+    return _BLANKS.sub("\n\n", out) if "\n\n\n" in out else out
 
 
 def validate_messages(messages: Any) -> list[dict[str, str]]:
@@ -79,10 +86,13 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
     return out
 
 
+_CANON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def content_id(messages: list[dict[str, str]]) -> str:
     """Stable id: sha256 of the canonical JSON of role + whitespace-normalized content."""
-    canon = [[m["role"], _WS.sub(" ", m["content"]).strip()] for m in messages]
-    blob = json.dumps(canon, ensure_ascii=False, separators=(",", ":"))
+    canon = [[m["role"], " ".join(m["content"].split())] for m in messages]  # == _WS.sub(" ", c).strip()
+    blob = _CANON_ENCODER.encode(canon)  # == json.dumps(canon, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 

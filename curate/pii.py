@@ -53,18 +53,18 @@ USERNAME = re.compile(
     r"(?i)\b(?:user\s*name|user\s*id|login)\s*(?::\s*([A-Za-z0-9_.-]{3,})|(?:is)\s+((?=[A-Za-z0-9_.-]*[\d_.])[A-Za-z0-9_.-]{3,}))"
 )
 MY_NAME = re.compile(r"\b(?:[Mm]y name is|[Nn]ame's|[Mm]y name's)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)\b")
-TRIGGER = re.compile(r"[\d@]|(?i:user\s*name|user\s*id|login|name is|name's)")
+DIGIT = re.compile(r"\d")
 
-GENERIC = (
-    (EMAIL, "EMAIL", None),
+# (pattern, tag, group, needs): a pattern runs only when the text has what it
+# needs — "digit", "@", or a keyword (lower-cased substring) — cheap checks
+# that skip most of the regex work on ordinary chat text.
+DIGIT_PATTERNS = (
     (CARD, "CARD", "luhn"),
     (IBAN, "ACCOUNT", None),
     (ACCOUNT, "ACCOUNT", 1),
     (PHONE, "PHONE", None),
     (ORDER, "ORDER_ID", (1, 2)),
     (ADDRESS, "ADDRESS", None),
-    (USERNAME, "USERNAME", (1, 2)),
-    (MY_NAME, "NAME", 1),
 )
 KNOWN_TYPES = ("NAME", "USERNAME", "EMAIL", "PHONE", "ORDER_ID", "ADDRESS", "ZIP", "ACCOUNT", "CARD")
 _NONDIGIT = re.compile(r"\D")
@@ -142,11 +142,17 @@ def scrub(
             pat = _known_pattern(tag, str(value))
             if pat is not None:
                 text = _sub(pat, tag, text, findings)
-    if TRIGGER.search(text) is None:
-        return text, findings
-    for pattern, tag, group in GENERIC:
-        if group == "luhn":
-            text = _sub(pattern, tag, text, findings, check="luhn")
-        else:
-            text = _sub(pattern, tag, text, findings, group=group)
+    if "@" in text:
+        text = _sub(EMAIL, "EMAIL", text, findings)
+    if DIGIT.search(text) is not None:
+        for pattern, tag, group in DIGIT_PATTERNS:
+            if group == "luhn":
+                text = _sub(pattern, tag, text, findings, check="luhn")
+            else:
+                text = _sub(pattern, tag, text, findings, group=group)
+    low = text.lower()
+    if "login" in low or "user" in low:
+        text = _sub(USERNAME, "USERNAME", text, findings, group=(1, 2))
+    if "name" in low:
+        text = _sub(MY_NAME, "NAME", text, findings, group=1)
     return text, findings

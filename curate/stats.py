@@ -17,8 +17,7 @@ def stats(store: Store) -> dict[str, Any]:
         "labels": c.execute("SELECT COUNT(DISTINCT label) FROM records WHERE label IS NOT NULL").fetchone()[0],
         "chunks": c.execute("SELECT COUNT(*) FROM chunks").fetchone()[0],
         "rejects": c.execute("SELECT COUNT(*) FROM rejects").fetchone()[0],
-        "occurrences_beyond_first": c.execute("SELECT COUNT(*) FROM occurrences").fetchone()[0] - c.execute(
-            "SELECT COUNT(DISTINCT record_id) FROM occurrences").fetchone()[0],
+        "occurrences_beyond_first": c.execute("SELECT COUNT(*) FROM occurrences").fetchone()[0],
         "events": c.execute("SELECT COUNT(*) FROM events").fetchone()[0],
         "signals": {
             "with_pii": c.execute("SELECT COUNT(*) FROM records WHERE json_extract(signals,'$.pii') IS NOT NULL").fetchone()[0],

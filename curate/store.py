@@ -7,9 +7,13 @@ Tables
                  say (see :mod:`curate.status`); they are only ever written by
                  :meth:`Store.add_event` in the same transaction as the event.
                  ``dup_of``/``leak``/``reward`` mirror ``signals`` for indexed filters.
-``occurrences``  every (file, location) a record was seen at, so an exact
-                 duplicate row keeps its provenance instead of vanishing.
+``occurrences``  every *further* (file, location) a record was seen at (its
+                 first sighting is the record's own ``source_file``/``source_loc``),
+                 so an exact duplicate row keeps its provenance instead of vanishing.
 ``groups``       the split of each group, fixed at first sight (never moves).
+``split_counts`` groups and held-out groups per label (kept in step with ``groups``
+                 in the same transaction; the stratified split reads it instead
+                 of counting ``groups`` for every batch).
 ``events``       append-only review events (who, when, action, reason, front-end).
 ``rejects``      input that could not become a record, with file/loc/field/reason.
 ``chunks``       document chunks (inputs to doc-grounded synthesis).
@@ -62,6 +66,9 @@ CREATE TABLE IF NOT EXISTS occurrences (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS groups (
   grp TEXT PRIMARY KEY, split TEXT NOT NULL, label TEXT, assigned_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS split_counts (
+  label TEXT PRIMARY KEY, total INTEGER NOT NULL, heldout INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,6 +134,14 @@ def _row_to_example(r: sqlite3.Row) -> Example:
     return ex
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def _dumps(obj: Any, ensure_ascii: bool = False) -> str:
+    """``json.dumps(obj, ensure_ascii=False)`` without building an encoder per call."""
+    return _ENCODER.encode(obj)
+
+
 def _signal_columns(signals: dict[str, Any]) -> tuple[Any, int, Any]:
     reward = signals.get("reward")
     score = reward.get("score") if isinstance(reward, dict) else None
@@ -145,6 +160,20 @@ class Store:
         self.workspace = self.path.parent
         self._local = threading.local()
         self.conn.executescript(SCHEMA)
+        self._backfill_split_counts()
+
+    def _backfill_split_counts(self) -> None:
+        """Stores created before ``split_counts`` existed: fill it once from ``groups``."""
+        c = self.conn
+        if c.execute("SELECT 1 FROM meta WHERE key='split_counts_v1'").fetchone():
+            return
+        with self.tx() as c:
+            if c.execute("SELECT 1 FROM meta WHERE key='split_counts_v1'").fetchone():
+                return
+            c.execute("DELETE FROM split_counts")
+            c.execute("INSERT INTO split_counts SELECT label, COUNT(*), SUM(split='heldout') FROM groups"
+                      " WHERE label IS NOT NULL GROUP BY label")
+            c.execute("INSERT INTO meta VALUES ('split_counts_v1', 'true')")
 
     # -- connection -----------------------------------------------------------
     @property
@@ -157,6 +186,8 @@ class Store:
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA busy_timeout=60000")
             c.execute("PRAGMA foreign_keys=OFF")
+            c.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache: random-key index inserts stay in memory
+            c.execute("PRAGMA temp_store=MEMORY")
             self._local.conn = c
         return c
 
@@ -186,8 +217,10 @@ class Store:
     def add_examples(self, examples: Sequence[Example], occurrences: bool = True) -> tuple[list[str], list[str]]:
         """Insert examples in one transaction. Returns (added ids, already-present ids).
 
-        Splits are assigned by :func:`curate.split.assign` before insertion when
-        ``split`` is empty.
+        Splits are assigned by :func:`curate.split.assign_splits` before insertion
+        when ``split`` is empty. Ids already in the store (or repeated within the
+        batch) count as already present; their (file, loc) is still recorded in
+        ``occurrences``. Batched: one ``SELECT … IN`` and one ``executemany``.
         """
         from .split import assign_splits
 
@@ -197,21 +230,47 @@ class Store:
             todo = [e for e in examples if not e.split]
             if todo:
                 assign_splits(c, todo, self.config.heldout_fraction, self.config.split_seed)
+            ids = [e.id for e in examples]
+            existing: dict[str, tuple[str, str]] = {}  # id -> (file, loc) of its first sighting
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                q = f"SELECT id, source_file, source_loc FROM records WHERE id IN ({','.join('?' * len(chunk))})"
+                existing.update((r[0], (r[1] or "", r[2] or "")) for r in c.execute(q, chunk))
+            occ = []
+            rows = []
+            dumps = _dumps
+            human = '{"kind": "human"}'
             for e in examples:
-                dup, leak, reward = _signal_columns(e.signals)
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
+                first = existing.get(e.id)
+                if first is not None:
+                    present.append(e.id)
+                    if occurrences and e.source.file and first != (e.source.file, e.source.loc):
+                        occ.append((e.id, e.source.file, e.source.loc))
+                    continue
+                existing[e.id] = (e.source.file, e.source.loc)
+                added.append(e.id)
+                sig = e.signals
+                if sig:
+                    dup, leak, reward = _signal_columns(sig)
+                    sig_s = dumps(sig, ensure_ascii=False)
+                else:
+                    dup, leak, reward, sig_s = None, 0, None, "{}"
+                org = e.origin
+                org_s = human if org == {"kind": "human"} else dumps(org, ensure_ascii=False)
+                rows.append((
+                    e.id, dumps(e.messages, ensure_ascii=False), e.source.kind, e.source.file, e.source.loc,
+                    e.source.ref, e.group, e.split, org.get("kind", "human"), org_s,
+                    sig_s, e.label, e.parent_id, e.created_at, dup, leak, reward,
+                ))
+            if rows:
+                c.executemany(
+                    "INSERT INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
                     " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        e.id, json.dumps(e.messages, ensure_ascii=False), e.source.kind, e.source.file, e.source.loc,
-                        e.source.ref, e.group, e.split, e.origin.get("kind", "human"), json.dumps(e.origin, ensure_ascii=False),
-                        json.dumps(e.signals, ensure_ascii=False), e.label, e.parent_id, e.created_at, dup, leak, reward,
-                    ),
+                    rows,
                 )
-                (added if cur.rowcount else present).append(e.id)
-                if occurrences and e.source.file:
-                    c.execute("INSERT OR IGNORE INTO occurrences VALUES (?,?,?)", (e.id, e.source.file, e.source.loc))
+            if occ:
+                c.executemany("INSERT OR IGNORE INTO occurrences VALUES (?,?,?)", occ)
         return added, present
 
     def get(self, record_id: str) -> Example:
@@ -318,7 +377,12 @@ class Store:
                       " leak=CASE WHEN json_extract(signals,'$.leakage') IS NULL THEN 0 ELSE 1 END")
 
     def occurrences(self, record_id: str) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.conn.execute("SELECT file, loc FROM occurrences WHERE record_id=?", (record_id,))]
+        """Every (file, loc) the record was seen at: its own source first, then further sightings."""
+        r = self.conn.execute("SELECT source_file, source_loc FROM records WHERE id=?", (record_id,)).fetchone()
+        own = [(r[0], r[1])] if r is not None and r[0] else []
+        more = [(x[0], x[1]) for x in self.conn.execute(
+            "SELECT file, loc FROM occurrences WHERE record_id=? ORDER BY file, loc", (record_id,))]
+        return own + [o for o in more if o not in own]
 
     # -- review events --------------------------------------------------------
     def add_event(
@@ -390,15 +454,14 @@ class Store:
 
     # -- rejects, chunks ------------------------------------------------------
     def add_rejects(self, rejects: Sequence[dict[str, Any]]) -> int:
-        n = 0
+        now = time.time()
         with self.tx() as c:
-            for rj in rejects:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO rejects (file, loc, field, reason, raw, created_at) VALUES (?,?,?,?,?,?)",
-                    (rj["file"], rj["loc"], rj.get("field"), rj["reason"], (rj.get("raw") or "")[:2000], time.time()),
-                )
-                n += cur.rowcount
-        return n
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO rejects (file, loc, field, reason, raw, created_at) VALUES (?,?,?,?,?,?)",
+                [(rj["file"], rj["loc"], rj.get("field"), rj["reason"], (rj.get("raw") or "")[:2000], now) for rj in rejects],
+            )
+            return c.total_changes - before
 
     def add_chunks(self, chunks: Sequence[dict[str, Any]]) -> tuple[int, int]:
         added = 0

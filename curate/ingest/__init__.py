@@ -222,16 +222,21 @@ def ingest_paths(
 
             def flush() -> None:
                 nonlocal rej_f
+                # one transaction per batch: records, chunks and rejects land together or not at all
+                with store.tx():
+                    if ex_buf:
+                        added, present = store.add_examples(ex_buf)
+                    if ch_buf:
+                        a, p = store.add_chunks([c.to_dict() for c in ch_buf])
+                    if rj_buf:
+                        store.add_rejects([r.to_dict() for r in rj_buf])
                 if ex_buf:
-                    added, present = store.add_examples(ex_buf)
                     fr.added += len(added)
                     fr.already_present += len(present)
                 if ch_buf:
-                    a, p = store.add_chunks([c.to_dict() for c in ch_buf])
                     fr.chunks_added += a
                     fr.chunks_present += p
                 if rj_buf:
-                    store.add_rejects([r.to_dict() for r in rj_buf])
                     if rej_f is None:
                         rej_f = open(rejects_path, "a", encoding="utf-8")
                         report.rejects_file = str(rejects_path)

@@ -1,0 +1,142 @@
+"""Ingest throughput benchmark: generated ticket CSVs of 100k and 1M rows.
+
+For each size it streams a CSV to disk (constant memory), then runs
+``python -m curate ingest FILE --mapping M --workspace FRESH --json`` as a
+subprocess and measures wall time and the child's peak RSS
+(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, one child per size so the
+numbers do not mix). Prints JSON and writes it to ``bench/results/ingest.json``
+(``--out``)::
+
+    python bench/ingest.py                      # 100k and 1M rows
+    python bench/ingest.py --rows 100000 --out bench/results/ingest-100k.json
+
+Rows look like real ticket exports: ``ticket_id, subject, body, reply,
+category``; about 8% carry PII (emails, phones, order numbers) so the scrubber
+does real work. ``records/s`` counts rows read per second of wall time,
+including interpreter start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = (
+    "card payment refund account transfer app login password delivery order parcel charge fee balance statement "
+    "limit cash withdrawal pending declined blocked frozen replacement address phone email verify identity top up "
+    "exchange rate currency travel abroad merchant subscription cancel return item size wrong broken late missing "
+    "today yesterday week please help thanks hello still again why when where how can could would the a my your is "
+    "was not to for with on in of and it this that have been"
+).split()
+CATEGORIES = [f"intent_{i:02d}" for i in range(40)]
+MAPPING = """system = "You are a support agent. Reply helpfully."
+[columns]
+user_template = "{subject}\\n\\n{body}"
+assistant = "reply"
+label = "category"
+group = "ticket_id"
+"""
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    """Stream ``rows`` ticket rows to ``path`` (CSV), constant memory."""
+    import csv
+
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ticket_id", "subject", "body", "reply", "category"])
+        for i in range(rows):
+            body = sentence(rng, rng.randint(8, 30))
+            r = rng.random()
+            if r < 0.03:
+                body += f" My email is user{i}@example.com."
+            elif r < 0.06:
+                body += f" Call me on 415-555-{i % 10000:04d}."
+            elif r < 0.08:
+                body += f" Order number {rng.randint(10**9, 10**10 - 1)}."
+            w.writerow([f"T{i}", sentence(rng, rng.randint(3, 8)), body, sentence(rng, rng.randint(10, 40)), rng.choice(CATEGORIES)])
+
+
+def run_one(rows: int, tmp: Path, batch_size: int) -> dict:
+    csv_path = tmp / f"tickets_{rows}.csv"
+    map_path = tmp / "bench.mapping.toml"
+    map_path.write_text(MAPPING, encoding="utf-8")
+    t0 = time.perf_counter()
+    generate(csv_path, rows)
+    gen_s = time.perf_counter() - t0
+    ws = tmp / f"ws_{rows}"
+    code = (
+        "import resource, sys, json; from curate.cli import main; rc = main(sys.argv[1:]); "
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+    )
+    cmd = [sys.executable, "-c", code, "ingest", str(csv_path), "--mapping", str(map_path), "--workspace", str(ws),
+           "--json", "--batch-size", str(batch_size)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"ingest failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    rep = json.loads(p.stdout)
+    maxrss_kb = int(next(ln.split()[1] for ln in p.stderr.splitlines() if ln.startswith("MAXRSS")))
+    t = rep["totals"]
+    return {
+        "rows": rows,
+        "csv_mb": round(csv_path.stat().st_size / 1e6, 1),
+        "generate_s": round(gen_s, 1),
+        "ingest_wall_s": round(wall, 2),
+        "records_per_s": round(t["read"] / wall),
+        "read": t["read"], "added": t["added"], "already_present": t["already_present"], "rejected": t["rejected"],
+        "peak_rss_mb": round(maxrss_kb / 1024, 1),
+        "store_mb": round((ws / "store.sqlite").stat().st_size / 1e6, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes to run (default 100k 1M)")
+    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"), help="where to write the JSON ('' = don't)")
+    ap.add_argument("--tmp", help="scratch folder (default: a temp dir, deleted after)")
+    ap.add_argument("--note", default="", help="free text stored with the results (e.g. CPU contention)")
+    a = ap.parse_args(argv)
+    tmpctx = tempfile.TemporaryDirectory(prefix="bench-ingest-") if not a.tmp else None
+    tmp = Path(a.tmp or tmpctx.name)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        results = [run_one(n, tmp, a.batch_size) for n in a.rows]
+    finally:
+        if tmpctx is not None:
+            tmpctx.cleanup()
+    out = {
+        "bench": "ingest",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "target_records_per_s": 20000,
+        "batch_size": a.batch_size,
+        "results": results,
+        "note": a.note,
+    }
+    print(json.dumps(out, indent=2))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

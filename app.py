@@ -146,20 +146,21 @@ def keyboard_shortcuts() -> None:
     mapping = ",".join(f"'{k}':'{v}'" for k, v in SHORTCUTS.items())
     st.iframe(
         f"""<script>
+        // (Re)install on every load: a listener from an iframe that Streamlit has since replaced
+        // would belong to a dead window, so the previous one is removed first.
         const doc = window.parent.document;
-        if (!doc.__wbShortcuts) {{
-          doc.__wbShortcuts = true;
-          doc.addEventListener('keydown', function (e) {{
-            const t = e.target || {{}};
-            const tag = (t.tagName || '').toLowerCase();
-            if (e.ctrlKey || e.metaKey || e.altKey || tag === 'input' || tag === 'textarea' || t.isContentEditable) return;
-            const map = {{{mapping}}};
-            const key = map[(e.key || '').toLowerCase()];
-            if (!key) return;
-            const b = doc.querySelector('.st-key-' + key + ' button');
-            if (b && !b.disabled) {{ e.preventDefault(); b.click(); }}
-          }});
-        }}
+        if (doc.__wbShortcuts) doc.removeEventListener('keydown', doc.__wbShortcuts);
+        doc.__wbShortcuts = function (e) {{
+          const t = e.target || {{}};
+          const tag = (t.tagName || '').toLowerCase();
+          if (e.ctrlKey || e.metaKey || e.altKey || tag === 'input' || tag === 'textarea' || t.isContentEditable) return;
+          const map = {{{mapping}}};
+          const key = map[(e.key || '').toLowerCase()];
+          if (!key) return;
+          const b = doc.querySelector('.st-key-' + key + ' button');
+          if (b && !b.disabled) {{ e.preventDefault(); b.click(); }}
+        }};
+        doc.addEventListener('keydown', doc.__wbShortcuts);
         </script>""",
         height=1,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import ReadOptions, Reject, iter_json_items, make_example
+from .common import err_field, ReadOptions, Reject, iter_json_items, make_example
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -101,7 +101,7 @@ def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[
         return
     for loc, obj, err in iter_json_items(path, ITEM_KEYS):
         if err:
-            yield Reject(file, loc, err)
+            yield Reject(file, loc, err, err_field(err))
             continue
         if "messages" in obj:
             fmt, conv = "openai", _openai

@@ -212,3 +212,17 @@ def iter_json_items(path: Path, item_keys: tuple[str, ...] = ()) -> "Iterable[tu
             yield loc, obj, None
     if n == 0:
         yield "file", None, "no items: the JSON holds an empty array"
+
+
+def err_field(err: str) -> str:
+    """The ``field`` of a reject raised by file/row reading (not by a mapped column)."""
+    low = err.lower()
+    if low.startswith(("empty file", "no data rows", "no items", "cannot read")):
+        return "file"
+    if "utf-8" in low or "utf-16" in low:
+        return "encoding"
+    if "json" in low:
+        return "json"
+    if "csv" in low or "fields" in low or "header" in low:
+        return "row"
+    return "file"

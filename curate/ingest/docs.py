@@ -304,7 +304,7 @@ def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[
         yield Reject(file, "file", err, "encoding")
         return
     if not text.strip():
-        yield Reject(file, "file", "empty file")
+        yield Reject(file, "file", "empty file", "file")
         return
     s = path.suffix.lower()
     if s in (".md", ".markdown"):
@@ -316,7 +316,7 @@ def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[
             data = json.loads(text)
         except json.JSONDecodeError as e:
             why = "truncated JSON" if e.pos >= len(text.rstrip()) - 1 else "invalid JSON"
-            yield Reject(file, f"line {e.lineno}", f"{why}: {e.msg} at line {e.lineno} column {e.colno}")
+            yield Reject(file, f"line {e.lineno}", f"{why}: {e.msg} at line {e.lineno} column {e.colno}", "json")
             return
         if not isinstance(data, (dict, list)):
             yield Reject(file, "file", f"expected a JSON object of sections, got {type(data).__name__}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import ReadOptions, Reject, make_example
+from .common import err_field, ReadOptions, Reject, make_example
 
 USER_GUESS = ("text", "query", "question", "prompt", "body", "message", "utterance")
 ASSISTANT_GUESS = ("response", "answer", "reply", "label", "category", "intent")
@@ -132,49 +132,75 @@ def _thread_example(rows: list[tuple[str, dict]], mapping: dict[str, Any], file:
     return make_example(msgs, Source("ticket", file, loc, tid), opts, group=f"ticket:{tid}", known_names=names)
 
 
+def _decoded_lines(f, bad: dict[int, str]) -> Iterator[str]:
+    """UTF-8 lines of a binary file (BOM stripped); undecodable lines are replaced and noted in ``bad``."""
+    for i, raw in enumerate(f, 1):
+        if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad[i] = f"not valid UTF-8 (line {i}, byte {e.start} of the line: {raw[e.start:e.start + 1]!r}); re-save the file as UTF-8"
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """CSV rows streamed line by line; a row with undecodable bytes, a wrong field count
+    or a truncated quoted field is a reject naming its row and line; reading goes on."""
+    bad: dict[int, str] = {}
+    with open(path, "rb") as f:
+        reader = csv.reader(_decoded_lines(f, bad), delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except csv.Error as e:
+            yield "line 1", None, f"malformed CSV header: {e}"
+            return
+        if header is None:
+            yield "file", None, "empty file: no header row"
+            return
+        if 1 in bad:
+            yield "line 1", None, bad[1]
+            return
+        header = [h.strip() for h in header]
+        nh = len(header)
+        n = 0
+        prev = reader.line_num
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                yield f"line {reader.line_num}", None, f"malformed CSV: {e}"
+                return
+            n += 1
+            ln = reader.line_num
+            loc = f"row {n} (line {ln})"
+            if bad:
+                hit = next((bad.pop(i) for i in range(prev + 1, ln + 1) if i in bad), None)
+                if hit:
+                    prev = ln
+                    yield loc, None, hit
+                    continue
+            prev = ln
+            if len(row) != nh:
+                if not row:
+                    continue  # blank line
+                if len(row) > nh:
+                    yield loc, None, f"row has {len(row)} fields, header has {nh}"
+                else:
+                    yield loc, None, f"row is truncated: missing fields {header[len(row):]}"
+                continue
+            yield loc, dict(zip(header, row)), None
+        if n == 0:
+            yield "file", None, "no data rows after the header"
+
+
 def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
     """Yield (loc, row, error) from a CSV/TSV/JSONL/JSON file, streaming where the format allows."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        f = open(path, "r", encoding="utf-8-sig", newline="")
-        try:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            try:
-                header = reader.fieldnames
-            except UnicodeDecodeError as e:
-                yield "line 1", None, f"not valid UTF-8 ({e.reason}); re-save the file as UTF-8"
-                return
-            except csv.Error as e:
-                yield "line 1", None, f"malformed CSV header: {e}"
-                return
-            if not header:
-                yield "file", None, "empty file: no header row"
-                return
-            n = 0
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except UnicodeDecodeError as e:
-                    yield f"line {reader.line_num + 1}", None, f"not valid UTF-8 ({e.reason}); re-save the file as UTF-8"
-                    return
-                except csv.Error as e:
-                    yield f"line {reader.line_num}", None, f"malformed CSV: {e}"
-                    return
-                n += 1
-                if None in row:
-                    yield f"row {n} (line {reader.line_num})", None, f"row has {len(header) + len(row[None])} fields, header has {len(header)}"
-                    continue
-                if any(v is None for v in row.values()):
-                    missing = [k for k, v in row.items() if v is None]
-                    yield f"row {n} (line {reader.line_num})", None, f"row is truncated: missing fields {missing}"
-                    continue
-                yield f"row {n} (line {reader.line_num})", row, None
-            if n == 0:
-                yield "file", None, "no data rows after the header"
-        finally:
-            f.close()
+        yield from _iter_csv(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in (".jsonl", ".ndjson"):
         with open(path, "rb") as f:
             first = True
@@ -234,7 +260,7 @@ def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[
     thread_buf: list[tuple[str, dict]] = []
     for loc, row, err in iter_rows(path):
         if err:
-            yield Reject(file, loc, err)
+            yield Reject(file, loc, err, err_field(err))
             continue
         if m is None:
             try:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import ReadOptions, Reject, iter_json_items, make_example, open_text
+from .common import err_field, ReadOptions, Reject, iter_json_items, make_example, open_text
 
 ASSISTANT_WORDS = frozenset({"agent", "assistant", "support", "rep", "representative", "bot", "operator", "advisor"})
 ACTION_WORDS = frozenset({"action", "system", "note", "event"})
@@ -247,7 +247,7 @@ def _read_timed(path: Path, file: str, opts: ReadOptions, fmt: str) -> Iterator[
         yield Reject(file, "file", err, "encoding")
         return
     if not text.strip():
-        yield Reject(file, "file", "empty file")
+        yield Reject(file, "file", "empty file", "file")
         return
     turns: list[Turn] = []
     for it in _timed_cues(text, file, fmt):
@@ -268,7 +268,7 @@ def _read_txt(path: Path, file: str, opts: ReadOptions) -> Iterator[Any]:
         yield Reject(file, "file", err, "encoding")
         return
     if not text.strip():
-        yield Reject(file, "file", "empty file")
+        yield Reject(file, "file", "empty file", "file")
         return
     turns: list[Turn] = []
     conv = 0
@@ -349,7 +349,7 @@ def _json_turns(obj: dict[str, Any], loc: str) -> tuple[list[Turn] | None, str |
 def _read_json(path: Path, file: str, opts: ReadOptions) -> Iterator[Any]:
     for loc, obj, err in iter_json_items(path, CONV_KEYS):
         if err:
-            yield Reject(file, loc, err)
+            yield Reject(file, loc, err, err_field(err))
             continue
         turns, fld, why = _json_turns(obj, loc)
         if why:

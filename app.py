@@ -54,7 +54,7 @@ ss = st.session_state
 CSS = """
 <style>
 .wb-msg { white-space: pre-wrap; line-height: 1.5; }
-.wb-msg mark.pii { background: #ffe08a; color: #5a3d00; border-radius: 3px; padding: 0 3px; font-weight: 600; }
+mark.pii { background: #ffe08a; color: #5a3d00; border-radius: 3px; padding: 0 3px; font-weight: 600; }
 .wb-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 0.8rem; font-weight: 600; margin-right: 4px; }
 .wb-pending { background: #e8eefc; color: #1f3b8a; } .wb-approved { background: #dcf5e3; color: #13652f; }
 .wb-rejected { background: #fde2e1; color: #8a1f1f; } .wb-edited { background: #f1e6fb; color: #5b2a86; }
@@ -121,7 +121,7 @@ def badge(text: str, cls: str) -> str:
 
 def render_chat(ex: Example) -> None:
     for m in ex.messages:
-        avatar = {"system": "⚙️", "user": "👤", "assistant": "🤖"}[m["role"]]
+        avatar = {"system": ":material/settings:", "user": ":material/person:", "assistant": ":material/support_agent:"}[m["role"]]
         with st.chat_message(m["role"] if m["role"] != "system" else "ai", avatar=avatar):
             if m["role"] == "system":
                 st.caption("system prompt")
@@ -134,7 +134,7 @@ def short_text(ex: Example, n: int = 500) -> str:
 
 
 def when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%m-%d %H:%M")
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -346,7 +346,7 @@ def signals_panel(store: Store, ex: Example) -> None:
     if hist:
         st.dataframe(
             [{"#": e["id"], "who": e["reviewer"], "action": e["action"] + (" (undone)" if e["undone"] else ""),
-              "reason": e["reason"] or "", "via": e["frontend"], "when": when(e["created_at"])} for e in hist],
+              "reason": e["reason"] or "", "via": e["frontend"], "when (UTC)": when(e["created_at"])} for e in hist],
             hide_index=True, width="stretch")
     else:
         st.caption("no decisions yet")
@@ -364,7 +364,7 @@ def duplicates_panel(store: Store, ex: Example) -> None:
     members = queue.cluster_members(store, cluster, exclude=ex.id, limit=3)
     size = queue.cluster_size(store, cluster)
     role = "a duplicate of " + ex.signals["duplicate_of"][:12] + "…" if ex.signals.get("duplicate_of") else "the keeper"
-    st.subheader(f"Near-duplicate cluster · {size} records · this one is {role}")
+    st.markdown(f"**Near-duplicate cluster** · {size} records · this one is {role}")
     cols = st.columns(1 + len(members))
     with cols[0]:
         score = ex.signals.get("dup_score")
@@ -394,7 +394,7 @@ def review_page(store: Store, path: str) -> None:
     n_queue = cached_count(path, fkey)
 
     top = st.columns([3, 1, 1, 1, 1])
-    top[0].markdown(f"### Review queue · {n_queue:,} match")
+    top[0].markdown(f"### Review queue · {n_queue:,} matching")
     for col, s in zip(top[1:], STATUSES):
         col.metric(s, f"{prog.get(s, 0):,}")
     st.progress(decided / total if total else 0.0, text=f"{decided:,} of {total:,} records decided ({(decided / total if total else 0):.0%})")
@@ -448,15 +448,15 @@ def review_page(store: Store, path: str) -> None:
         else:
             render_chat(ex)
         st.divider()
-        b = st.columns(5)
-        b[0].button("✅ Approve (a)", type="primary", on_click=act, args=("approve", ex.id, version, ex.seq),
+        b = st.columns([1.45, 1.2, 1, 1, 1.1])
+        b[0].button("Approve", icon=":material/check:", type="primary", on_click=act, args=("approve", ex.id, version, ex.seq),
                     key="btn_approve", width="stretch")
-        b[1].button("❌ Reject (r)", on_click=act, args=("reject", ex.id, version, ex.seq), key="btn_reject",
+        b[1].button("Reject", icon=":material/close:", on_click=act, args=("reject", ex.id, version, ex.seq), key="btn_reject",
                     width="stretch")
-        b[2].button("✏️ Edit (e)", on_click=set_editing, args=(not ss.get("editing"), ex.id), key="btn_edit",
+        b[2].button("Edit", icon=":material/edit:", on_click=set_editing, args=(not ss.get("editing"), ex.id), key="btn_edit",
                     width="stretch")
-        b[3].button("⏭ Skip (s)", on_click=skip, args=(ex.seq,), key="btn_skip", width="stretch")
-        b[4].button("↩ Undo my last (u)", on_click=undo, key="btn_undo", width="stretch")
+        b[3].button("Skip", icon=":material/skip_next:", on_click=skip, args=(ex.seq,), key="btn_skip", width="stretch")
+        b[4].button("Undo", icon=":material/undo:", on_click=undo, key="btn_undo", width="stretch")
         rc = st.columns([1, 1])
         rc[0].selectbox("Reject reason", DEFAULT_REJECT_REASONS, index=None, placeholder="pick a reason…",
                         key=f"reason_pick_{ex.id}")

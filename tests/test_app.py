@@ -164,32 +164,32 @@ def test_stale_version_is_refused_and_fresh_record_shown(ws):
 def test_filters_narrow_the_queue(ws):
     d, ids = ws
     at = _login(_app(), "alice")
-    assert "6 match" in _texts(at)
+    assert "6 matching" in _texts(at)
     at.sidebar.checkbox(key="f_dup").check()
     at = at.run()
     txt = _texts(at)
-    assert "1 match" in txt and ids[1][:16] in txt and "Near-duplicate cluster" in txt
+    assert "1 matching" in txt and ids[1][:16] in txt and "Near-duplicate cluster" in txt
     at.sidebar.checkbox(key="f_dup").uncheck()
     at.sidebar.checkbox(key="f_leak").check()
     at = at.run()
-    assert "1 match" in _texts(at) and ids[2][:16] in _texts(at)
+    assert "1 matching" in _texts(at) and ids[2][:16] in _texts(at)
     at.sidebar.checkbox(key="f_leak").uncheck()
     at.sidebar.checkbox(key="f_low").check()
     at = at.run()
-    assert "1 match" in _texts(at) and ids[3][:16] in _texts(at)
+    assert "1 matching" in _texts(at) and ids[3][:16] in _texts(at)
     assert any("invents a weekend fee" in c.value for c in at.caption)
     at.sidebar.checkbox(key="f_low").uncheck()
     at.sidebar.selectbox(key="f_origin").select("synthetic")
     at = at.run()
-    assert "1 match" in _texts(at)
+    assert "1 matching" in _texts(at)
     at.sidebar.selectbox(key="f_origin").select("any")
     at.sidebar.selectbox(key="f_label").select("card_arrival")
     at = at.run()
-    assert "1 match" in _texts(at) and ids[5][:16] in _texts(at)
+    assert "1 matching" in _texts(at) and ids[5][:16] in _texts(at)
     at.sidebar.selectbox(key="f_label").select("any")
     at.sidebar.selectbox(key="f_status").select("approved")
     at = at.run()
-    assert "0 match" in _texts(at) and any("Nothing left" in i.value for i in at.info)
+    assert "0 matching" in _texts(at) and any("Nothing left" in i.value for i in at.info)
 
 
 def test_edit_skip_and_undo(ws):

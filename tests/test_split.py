@@ -58,7 +58,7 @@ def test_group_never_straddles(store):
 
 
 def test_stratified_by_label(store):
-    exs = [Example([{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": lab}], Source("ticket"), label=lab)
+    exs = [Example([{"role": "user", "content": f"q {lab} {i}"}, {"role": "assistant", "content": lab}], Source("ticket"), label=lab)
            for lab in ("a", "b", "c") for i in range(50)]
     for i in range(0, len(exs), 37):  # arriving in odd batches
         store.add_examples(exs[i:i + 37])

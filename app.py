@@ -579,7 +579,7 @@ def snapshots_page(store: Store, path: str) -> None:
     man = snapshot.show(store, pick)
     problems = snapshot.verify(store, pick)
     (st.success if not problems else st.error)("hashes verified" if not problems else "; ".join(problems))
-    st.json(man, expanded=1)
+    st.json(man, expanded=2)
     if len(names) >= 2:
         st.subheader("Diff")
         c1, c2 = st.columns(2)

@@ -140,6 +140,14 @@ def test_two_labelers_in_a_real_browser(server, artifacts_dir):
             bob.locator(".st-key-btn_reject button").click()
             expect(bob.get_by_text(f"Rejected (wrong answer) {ids[0][:12]}")).to_be_visible(timeout=30_000)
 
+            # bob filters the queue to records with leakage hits: one record, with its hit shown
+            bob.get_by_text("Has leakage hit").click()
+            expect(bob.get_by_text("Review queue · 1 matching")).to_be_visible(timeout=30_000)
+            expect(bob.get_by_text("1 hit(s) against held-out / eval data")).to_be_visible()
+            expect(bob.get_by_text(ids[2][:16])).to_be_visible()
+            _idle(bob)
+            bob.screenshot(path=str(shots / "08-review-leakage-filter.png"), full_page=True)
+
             # alice edits the record she is on now, then undoes it with the keyboard
             alice.locator(".st-key-btn_edit button").click()
             box = alice.locator(f".st-key-edit_{ids[1]}_2 textarea")

@@ -81,7 +81,7 @@ def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
     assert not (fake_run / "export" / "ollama-f16.partial").exists()
 
     assert main(["--run", str(fake_run), "--format", "gguf", "--dtype", "q8_0", "--quiet",
-                 "--prompts", "2", "--max-new-tokens", "12"]) == 0
+                 "--prompts", "1", "--max-new-tokens", "8"]) == 0
     q = fake_run / "export" / "gguf-q8_0"
     rep = json.loads((q / "export_report.json").read_text())
     assert rep["ok"] and rep["gguf"]["max_abs_logit_diff"] < 3.0 and rep["gguf"]["top1_agreement"] > 0.9
@@ -134,3 +134,33 @@ def test_writer_agrees_with_upstream_converter_metadata(tmp_path: Path):
     # digits); the tokenizer we train with splits with the plain GPT-2 regex, which llama.cpp calls 'gpt-2'
     assert differ == {"tokenizer.ggml.pre": ("smollm", "gpt-2")}, differ
     assert sorted(t.name for t in ours.tensors) == sorted(t.name for t in up.tensors)
+
+
+def test_digit_split_tokenizer_is_written_as_smollm_and_llamacpp_agrees(tmp_path: Path):
+    """The original SmolLM2 tokenizer.json splits digits one by one before the GPT-2 regex; llama.cpp
+    must tokenize our GGUF of it exactly like the HF tokenizer (checked with real llama.cpp)."""
+    from transformers import AutoTokenizer
+
+    from curate.models import materialize_chat_model
+    from train.export import TOKENIZER_PROBES, llamacpp_server
+    from train.gguf_writer import read_metadata, write_llama_gguf
+
+    base = materialize_chat_model()
+    d = tmp_path / "digits"
+    d.mkdir()
+    for f in base.iterdir():
+        if f.name != "tokenizer.json":
+            (d / f.name).symlink_to(f)
+    tj = json.loads((base / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok("x  9999 y").input_ids != AutoTokenizer.from_pretrained(base)("x  9999 y").input_ids  # forms differ
+    out = write_llama_gguf(d, tmp_path / "digits.gguf", dtype="f16", progress=False)
+    assert read_metadata(out)["tokenizer.ggml.pre"] == "smollm"
+    with llamacpp_server(out, n_ctx=256) as post:
+        for p in TOKENIZER_PROBES:
+            got = post("/tokenize", {"content": p, "add_special": False, "parse_special": True})["tokens"]
+            assert got == tok(p, add_special_tokens=False).input_ids, p

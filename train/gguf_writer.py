@@ -25,7 +25,8 @@ matrix whose row length is a multiple of 32 in 8-bit blocks, else f16).
 1-D tensors (norm weights, biases) stay f32 in every mode, as llama.cpp wants.
 
 Only what we can check is supported: Llama architecture, default RoPE (no
-scaling), ByteLevel BPE with the GPT-2 split regex.  Anything else raises
+scaling), ByteLevel BPE with the GPT-2 split regex (optionally after
+single-digit splitting, llama.cpp's "smollm").  Anything else raises
 :class:`GGUFExportError` naming the field, instead of writing a file that
 would tokenize or attend differently from training.
 """
@@ -93,9 +94,16 @@ def _pre_tokenizer_name(tok_json: dict, path: Path) -> str:
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         # Byte-level BPE split with the GPT-2 regex: llama.cpp calls this "gpt-2".
         return "gpt-2"
+    seq = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(seq) == 2 and seq[0].get("type") == "Digits"
+            and seq[0].get("individual_digits") and seq[1].get("type") == "ByteLevel"
+            and seq[1].get("use_regex", True) and not seq[1].get("add_prefix_space", False)):
+        # Digits split one by one, then the GPT-2 regex (the original SmolLM/SmolLM2 tokenizer.json):
+        # llama.cpp calls this "smollm".
+        return "smollm"
     raise GGUFExportError(
         f"{path}: field 'pre_tokenizer' is {json.dumps(pre)[:200]}; the GGUF writer supports ByteLevel "
-        "(GPT-2 regex, no prefix space) only, which is what the embedded SmolLM2 tokenizer uses"
+        "(GPT-2 regex, no prefix space), optionally after single-digit splitting (SmolLM2's two forms)"
     )
 
 

@@ -44,7 +44,7 @@ def build_workspace(ws: Path) -> list[str]:
     ids = [e.id for e in exs]
     now = time.time()
     store.update_signals({
-        ids[0]: {"dup_cluster": ids[0]},
+        ids[0]: {"dup_cluster": ids[0], "pii": [{"type": "NAME"}, {"type": "CARD"}, {"type": "EMAIL"}, {"type": "NAME"}]},
         ids[1]: {"duplicate_of": ids[0], "dedup_at": now, "dup_detector": "near", "dup_score": 0.874, "dup_cluster": ids[0]},
         ids[2]: {"leakage": [{"detector": "exact", "score": 1.0, "other_id": "h1", "source": "heldout",
                               "other_text": "How do I activate my new card?"}]},

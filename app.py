@@ -186,6 +186,7 @@ def login(store: Store) -> bool:
             st.error("Unknown labeler or wrong password (labelers are listed in the workspace config.toml).")
         else:
             ss.labeler = name
+            ss.login_ws = ss.ws
             st.rerun()
     if users:
         st.caption(f"This workspace lists {len(users)} labeler(s) in config.toml; ask its owner to add you.")
@@ -600,11 +601,18 @@ def main() -> None:
     st.sidebar.title("workbench review")
     path = st.sidebar.text_input("Workspace", value=default_ws, key="ws",
                                  help="Folder with store.sqlite (default: $WORKBENCH_HOME, else data/workspace)")
+    if not (Path(path).expanduser() / "store.sqlite").exists():
+        st.warning(f"No store.sqlite in {path!r}. Ingest something first, e.g. "
+                   f"`python -m curate ingest data/banking77_demo --workspace {path}`, or fix the path in the sidebar.")
+        st.stop()
     try:
         store = get_store(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # e.g. a bad config.toml: the message names the file and key
         st.error(f"Cannot open workspace {path!r}: {e}")
         st.stop()
+    if ss.get("labeler") and ss.get("login_ws") != path:  # signed in elsewhere: this workspace may list other labelers
+        for k in ("labeler", "cur_id", "cursor", "editing", "fkey"):
+            ss.pop(k, None)
     if not login(store):
         return
     st.sidebar.markdown(f"Signed in as **{html.escape(ss.labeler)}**")

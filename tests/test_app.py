@@ -262,3 +262,20 @@ def test_snapshot_page_creates_and_diffs(ws):
     next(b for b in at.button if b.label == "Create snapshot").click()
     at = at.run()
     assert any("already exists" in e.value for e in at.error)
+
+
+def test_missing_workspace_and_switching_workspace_needs_new_sign_in(ws, tmp_path, monkeypatch):
+    d, ids = ws
+    at = _login(_app(), "alice")
+    assert at.button(key="btn_approve")
+    at.sidebar.text_input(key="ws").input(str(tmp_path / "nope"))
+    at = at.run()
+    assert any("No store.sqlite" in w.value for w in at.warning)
+    assert not (tmp_path / "nope").exists()  # nothing created by a typo
+    other = tmp_path / "other"
+    build_workspace(other)
+    (other / "config.toml").write_text('[labelers]\nbob = "pw"\n', encoding="utf-8")
+    at.sidebar.text_input(key="ws").input(str(other))
+    at = at.run()
+    assert [b for b in at.button if b.key == "btn_approve"] == []  # alice must sign in again here
+    assert "Sign in to review" in [t.value for t in at.title]

@@ -13,7 +13,9 @@ numbers do not mix). Prints JSON and writes it to ``bench/results/ingest.json``
 Rows look like real ticket exports: ``ticket_id, subject, body, reply,
 category``; about 8% carry PII (emails, phones, order numbers) so the scrubber
 does real work. ``records/s`` counts rows read per second of wall time,
-including interpreter start-up.
+including interpreter start-up; ``records_per_cpu_s`` divides by the child's
+user+sys CPU time instead, which is what to compare when other processes
+compete for the CPU (``machine.loadavg_*`` says how busy it was).
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ def run_one(rows: int, tmp: Path, batch_size: int) -> dict:
     ws = tmp / f"ws_{rows}"
     code = (
         "import resource, sys, json; from curate.cli import main; rc = main(sys.argv[1:]); "
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+        "ru = resource.getrusage(resource.RUSAGE_SELF); "
+        "print('MAXRSS', ru.ru_maxrss, ru.ru_utime + ru.ru_stime, file=sys.stderr); sys.exit(rc)"
     )
     cmd = [sys.executable, "-c", code, "ingest", str(csv_path), "--mapping", str(map_path), "--workspace", str(ws),
            "--json", "--batch-size", str(batch_size)]
@@ -91,7 +94,8 @@ def run_one(rows: int, tmp: Path, batch_size: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"ingest failed ({p.returncode}):\n{p.stderr[-3000:]}")
     rep = json.loads(p.stdout)
-    maxrss_kb = int(next(ln.split()[1] for ln in p.stderr.splitlines() if ln.startswith("MAXRSS")))
+    _, maxrss_kb, cpu_s = next(ln.split() for ln in p.stderr.splitlines() if ln.startswith("MAXRSS"))
+    maxrss_kb, cpu_s = int(maxrss_kb), float(cpu_s)
     t = rep["totals"]
     return {
         "rows": rows,
@@ -99,6 +103,8 @@ def run_one(rows: int, tmp: Path, batch_size: int) -> dict:
         "generate_s": round(gen_s, 1),
         "ingest_wall_s": round(wall, 2),
         "records_per_s": round(t["read"] / wall),
+        "ingest_cpu_s": round(cpu_s, 2),
+        "records_per_cpu_s": round(t["read"] / cpu_s),
         "read": t["read"], "added": t["added"], "already_present": t["already_present"], "rejected": t["rejected"],
         "peak_rss_mb": round(maxrss_kb / 1024, 1),
         "store_mb": round((ws / "store.sqlite").stat().st_size / 1e6, 1),
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     tmpctx = tempfile.TemporaryDirectory(prefix="bench-ingest-") if not a.tmp else None
     tmp = Path(a.tmp or tmpctx.name)
     tmp.mkdir(parents=True, exist_ok=True)
+    load0 = [round(x, 2) for x in os.getloadavg()]
     try:
         results = [run_one(n, tmp, a.batch_size) for n in a.rows]
     finally:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "ingest",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                    "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "target_records_per_s": 20000,
         "batch_size": a.batch_size,
         "results": results,

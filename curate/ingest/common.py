@@ -81,8 +81,8 @@ def make_example(
     findings: list[dict[str, Any]] = []
     signals = dict(signals or {})
     if opts.scrub_pii:
-        names = tuple(opts.known_names) + tuple(n for n in known_names if n)
-        known = tuple(known)
+        names = (tuple(opts.known_names) + tuple(n for n in known_names if n)) if (known_names or opts.known_names) else ()
+        known = tuple(known) if known else ()
         scrubbed = []
         for i, m in enumerate(messages):
             content = m.get("content") if isinstance(m, dict) else None

@@ -79,7 +79,9 @@ def _resolve_columns(cols: list[str], mapping: dict[str, Any], file: str) -> dic
 
 def _render(template: str, row: dict[str, Any]) -> str:
     try:
-        return template.format(**{k: ("" if v is None else v) for k, v in row.items()})
+        if None in row.values():
+            row = {k: ("" if v is None else v) for k, v in row.items()}
+        return template.format_map(row)
     except KeyError as e:
         raise MappingError(f"template names column {e.args[0]!r} which the row does not have") from None
 
@@ -120,16 +122,20 @@ def _thread_example(rows: list[tuple[str, dict]], mapping: dict[str, Any], file:
             msgs[-1]["content"] += "\n" + text  # consecutive turns of one speaker merged
         else:
             msgs.append({"role": role, "content": text})
-    if msgs and msgs[0]["role"] == "system" and len(msgs) > 1 and msgs[1]["role"] == "assistant":
-        msgs.pop(1)  # agent greeting before the customer spoke: not trainable context
-    elif msgs and msgs[0]["role"] == "assistant":
-        msgs.pop(0)
+    first = 1 if msgs and msgs[0]["role"] == "system" else 0
+    lead = trail = 0
+    while len(msgs) > first and msgs[first]["role"] == "assistant":
+        msgs.pop(first)  # agent greeting before the customer spoke: not trainable context
+        lead += 1
     while msgs and msgs[-1]["role"] == "user":
         msgs.pop()  # unanswered customer turn at the end
+        trail += 1
     tid = str(rows[0][1].get(th["id"]))
     loc = f"{rows[0][0]}-{rows[-1][0].split()[-1]}"
     names = [str(rows[0][1][c]) for c in mapping.get("columns", {}).get("names", []) if rows[0][1].get(c)]
-    return make_example(msgs, Source("ticket", file, loc, tid), opts, group=f"ticket:{tid}", known_names=names)
+    signals = {"trimmed": {"leading_assistant_turns": lead, "trailing_user_turns": trail}} if lead or trail else None
+    return make_example(msgs, Source("ticket", file, loc, tid), opts, group=f"ticket:{tid}", known_names=names,
+                        signals=signals)
 
 
 def _decoded_lines(f, bad: dict[int, str]) -> Iterator[str]:

@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pi.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (folders are walked recursively)")
     pi.add_argument("--kind", choices=["tickets", "transcripts", "docs", "chat"], help="force the reader (default: auto-detect)")
-    pi.add_argument("--mapping", metavar="FILE", help="TOML column mapping for tickets (see curate/ingest/tickets.py)")
+    pi.add_argument("--mapping", metavar="FILE",
+                    help="TOML mapping for every file given: ticket [columns]/[thread], transcript [speakers] "
+                         "(default: <stem>.mapping.toml or mapping.toml beside each file; see docs/curate.md)")
     pi.add_argument("--batch-size", type=int, default=2000, help="records per transaction (default 2000)")
     pi.set_defaults(func=cmd_ingest)
 

@@ -183,9 +183,19 @@ def bench_apptest(ws: Path, repeat: int) -> dict:
     t = time.perf_counter()
     at.run()
     dup = (time.perf_counter() - t) * 1000
+    # a second labeler signing in on the already-running server (imports done, caches of the first session warm)
+    at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at2.run()
+    at2.text_input(key="login_name").input("bench2")
+    next(b for b in at2.button if b.label == "Sign in").click()
+    t = time.perf_counter()
+    at2.run()
+    login2 = (time.perf_counter() - t) * 1000
+    assert at2.button(key="btn_approve"), "review page did not render"
     return {
-        "first_run_login_page_ms (includes imports)": round(first, 1),
-        "sign_in_to_review_page_ms": round(login, 1),
+        "first_run_login_page_ms (fresh process: includes imports)": round(first, 1),
+        "sign_in_to_review_page_ms (first session of a fresh process: one-time imports)": round(login, 1),
+        "second_labeler_sign_in_to_review_page_ms": round(login2, 1),
         "skip_rerun_median_ms": round(statistics.median(skips), 1),
         "skip_rerun_max_ms": round(max(skips), 1),
         "filter_change_rerun_ms": [round(x, 1) for x in filt],
@@ -214,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "data_functions": funcs,
         "apptest": app,
         "target": "queue view renders in < 1000 ms",
-        "meets_target": app["skip_rerun_max_ms"] < 1000 and max(app["filter_change_rerun_ms"]) < 1000,
+        "meets_target": (app["skip_rerun_max_ms"] < 1000 and max(app["filter_change_rerun_ms"]) < 1000
+                         and app["second_labeler_sign_in_to_review_page_ms"] < 1000),
+        "note": "the first render of a fresh server process also pays one-time imports (pandas/pyarrow for tables); "
+                "every later render, for any labeler, is the rerun numbers",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "note": "2 CPU cores shared with other jobs; timings are upper bounds"},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

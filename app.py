@@ -211,8 +211,10 @@ def sidebar_filters(path: str) -> dict[str, Any]:
     return {k: v for k, v in f.items() if v not in (ANY, False, None, "")}
 
 
-def advance(after_seq: int) -> None:
-    ss.cursor = after_seq
+def advance(after_seq: int, reset: bool = False) -> None:
+    """Move the queue cursor past ``after_seq`` (never backwards unless ``reset``: re-deciding an
+    undone record does not replay the records skipped since)."""
+    ss.cursor = after_seq if reset else max(after_seq, ss.get("cursor", 0))
     ss.cur_id = None
     ss.editing = False
 
@@ -283,7 +285,7 @@ def undo() -> None:
 
 
 def start_over() -> None:
-    advance(0)
+    advance(0, reset=True)
 
 
 def set_editing(on: bool, rid: str) -> None:
@@ -388,7 +390,7 @@ def review_page(store: Store, path: str) -> None:
     fkey = tuple(sorted(filters.items()))
     if ss.get("fkey") != fkey:  # filters changed: back to the start of the queue
         ss.fkey = fkey
-        advance(0)
+        advance(0, reset=True)
     prog = cached_progress(path)
     total = sum(prog.values())
     decided = total - prog.get("pending", 0)

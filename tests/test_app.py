@@ -279,3 +279,30 @@ def test_missing_workspace_and_switching_workspace_needs_new_sign_in(ws, tmp_pat
     at = at.run()
     assert [b for b in at.button if b.key == "btn_approve"] == []  # alice must sign in again here
     assert "Sign in to review" in [t.value for t in at.title]
+
+
+def test_redeciding_an_undone_record_does_not_replay_skipped_ones(ws):
+    d, ids = ws
+    at = _login(_app(), "alice")
+    at.sidebar.selectbox(key="f_status").select("any")
+    at = at.run()
+    at.button(key="btn_approve").click()
+    at = at.run()
+    for expect_id in (ids[1], ids[2]):
+        assert expect_id[:16] in _texts(at)
+        at.button(key="btn_skip").click()
+        at = at.run()
+    assert ids[3][:16] in _texts(at)
+    at.button(key="btn_undo").click()
+    at = at.run()
+    assert ids[0][:16] in _texts(at) and any("Undid your approve" in s.value for s in at.success)
+    at.button(key="btn_reject").click()  # no reason: refused, stays on the record
+    at = at.run()
+    assert ids[0][:16] in _texts(at)
+    at.selectbox(key=f"reason_pick_{ids[0]}").select("wrong label")
+    at.button(key="btn_reject").click()
+    at = at.run()
+    assert ids[3][:16] in _texts(at)  # back where alice was, not at ids[1]
+    store = open_store(d)
+    assert [(e["action"], e["reason"]) for e in store.events()] == [("approve", None), ("undo", None), ("reject", "wrong label")]
+    assert store.get(ids[0]).status == "rejected"

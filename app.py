@@ -512,7 +512,10 @@ def agreement_page(store: Store) -> None:
                  hide_index=True, width="stretch")
     st.subheader("Per label")
     st.dataframe([{"label": r["label"], "records": r["records"], "agreement": f"{r['agreement']:.0%}",
-                   "Fleiss' kappa": fmt(r["fleiss_kappa"])} for r in rep["by_label"]], hide_index=True, width="stretch")
+                   "Fleiss' kappa": fmt(r["fleiss_kappa"]),
+                   "Cohen's kappa per pair": "; ".join(f"{p['labeler_a']}–{p['labeler_b']}: {fmt(p['cohen_kappa'], 2)} (n={p['records']})"
+                                                       for p in r["pairs"])}
+                  for r in rep["by_label"]], hide_index=True, width="stretch")
     st.subheader(f"Conflicts to adjudicate · {len(rep['conflicts'])}")
     if not rep["conflicts"]:
         st.success("No open conflicts.")

@@ -123,12 +123,14 @@ def fleiss_kappa(decisions: Decisions, categories: Iterable[str] = DECISIONS) ->
 
 
 def by_label(decisions: Decisions, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
-    """Per record label (e.g. the intent): multi-rated records, percent agreement, Fleiss' kappa."""
+    """Per record label (e.g. the intent): multi-rated records, percent agreement, Fleiss' kappa, and
+    the per-pair numbers (:func:`pairwise`) restricted to that label's records."""
     groups: dict[str, Decisions] = defaultdict(dict)
     for rid, d in multi_rated(decisions).items():
         groups[labels.get(rid) or "none"][rid] = d
     return [
-        {"label": lab, "records": len(g), "agreement": percent_agreement(g), "fleiss_kappa": fleiss_kappa(g)}
+        {"label": lab, "records": len(g), "agreement": percent_agreement(g), "fleiss_kappa": fleiss_kappa(g),
+         "pairs": pairwise(g)}
         for lab, g in sorted(groups.items())
     ]
 

@@ -75,8 +75,11 @@ def test_by_label_groups_records():
     dec = {"a": {"x": "approve", "y": "approve"}, "b": {"x": "approve", "y": "reject"}, "c": {"x": "reject", "y": "reject"}}
     rows = ag.by_label(dec, {"a": "card", "b": "card", "c": None})
     assert rows == [
-        {"label": "card", "records": 2, "agreement": 0.5, "fleiss_kappa": pytest.approx(ag.fleiss_kappa({k: dec[k] for k in "ab"}))},
-        {"label": "none", "records": 1, "agreement": 1.0, "fleiss_kappa": None},
+        {"label": "card", "records": 2, "agreement": 0.5, "fleiss_kappa": pytest.approx(ag.fleiss_kappa({k: dec[k] for k in "ab"})),
+         "pairs": [{"labeler_a": "x", "labeler_b": "y", "records": 2, "agreement": 0.5,
+                    "cohen_kappa": pytest.approx(cohen_kappa_score(["approve", "approve"], ["approve", "reject"]))}]},
+        {"label": "none", "records": 1, "agreement": 1.0, "fleiss_kappa": None,
+         "pairs": [{"labeler_a": "x", "labeler_b": "y", "records": 1, "agreement": 1.0, "cohen_kappa": None}]},
     ]
 
 

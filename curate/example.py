@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+_ROLE_SET = frozenset(ROLES)
 SOURCE_KINDS = ("ticket", "transcript", "doc", "chat-file", "synthetic", "edit")
 SPLITS = ("train", "heldout")
 STATUSES = ("pending", "approved", "rejected", "edited")
@@ -59,40 +60,42 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise MessageError("messages-not-empty-list", "messages must be a non-empty list of turns")
     out: list[dict[str, str]] = []
+    want = "user"  # the role the next non-system turn must have
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise MessageError("turn-is-object", f"expected an object with role/content, got {type(m).__name__}", i)
         role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
+        if role not in _ROLE_SET:
             raise MessageError("known-role", f"role must be one of {ROLES}, got {role!r}", i)
-        if not isinstance(content, str):
+        if content.__class__ is not str and not isinstance(content, str):
             raise MessageError("content-is-string", f"content must be a string, got {type(content).__name__}", i)
         content = clean_text(content)
         if not content:
             raise MessageError("no-empty-turns", f"{role} turn is empty", i)
         out.append({"role": role, "content": content})
-    body = out[1:] if out[0]["role"] == "system" else out
-    for i, m in enumerate(body):
-        idx = i + (len(out) - len(body))
-        if m["role"] == "system":
+    n = len(out)
+    start = 1 if out[0]["role"] == "system" else 0
+    for idx in range(start, n):
+        r = out[idx]["role"]
+        if r == "system":
             raise MessageError("system-only-first", "a system turn may only be the first turn", idx)
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise MessageError("roles-alternate", f"expected {want} after the previous turn, got {m['role']}", idx)
-    if not body:
+        if r != want:
+            raise MessageError("roles-alternate", f"expected {want} after the previous turn, got {r}", idx)
+        want = "assistant" if want == "user" else "user"
+    if start == n:
         raise MessageError("has-user-turn", "conversation has no user turn")
     if out[-1]["role"] != "assistant":
-        raise MessageError("ends-with-assistant", "the last turn must be an assistant turn", len(out) - 1)
+        raise MessageError("ends-with-assistant", "the last turn must be an assistant turn", n - 1)
     return out
 
 
-_CANON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+from json.encoder import encode_basestring as _json_str  # noqa: E402  (C: a JSON string literal, non-ASCII kept)
 
 
 def content_id(messages: list[dict[str, str]]) -> str:
     """Stable id: sha256 of the canonical JSON of role + whitespace-normalized content."""
-    canon = [[m["role"], " ".join(m["content"].split())] for m in messages]  # == _WS.sub(" ", c).strip()
-    blob = _CANON_ENCODER.encode(canon)  # == json.dumps(canon, ensure_ascii=False, separators=(",", ":"))
+    # == json.dumps([[role, _WS.sub(" ", content).strip()], …], ensure_ascii=False, separators=(",", ":"))
+    blob = "[" + ",".join(f"[{_json_str(m['role'])},{_json_str(' '.join(m['content'].split()))}]" for m in messages) + "]"
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 

@@ -66,3 +66,10 @@ def test_roundtrip_dict():
     a = Example([SYS, U, A], Source("chat-file", "x.jsonl", "line 3", "r1"), label="l")
     b = Example.from_dict(a.to_dict())
     assert b.id == a.id and b.source == a.source and b.label == "l"
+
+
+def test_id_is_stable_across_versions():
+    """Ids are the store's keys: changing the canonical form would make re-ingestion add everything again."""
+    msgs = [{"role": "system", "content": "classify"}, {"role": "user", "content": "I got charged  1.5% extra — café"},
+            {"role": "assistant", "content": "extra_charge"}]
+    assert content_id(msgs) == "52af4ab6ca686eddcf76f3f3"

@@ -1,10 +1,12 @@
 """Slow tier: export a LoRA run (merged, GGUF f16/q8_0, Ollama) on the embedded SmolLM2 and check parity.
 
-The run folder is a fixture built like ``python -m train`` writes one: base
-SmolLM2 + a LoRA adapter on every projection whose B matrices are perturbed
-(so the merge changes the model), the tokenizer with its chat template, and a
-manifest naming the base model.  The real-training round trip lives in
-``test_export_train.py``.
+The run folder is a fixture laid out like ``python -m train`` writes one:
+base SmolLM2 + a LoRA adapter on every projection trained for 2 real AdamW
+steps on a tiny approved snapshot (made through the curate API), the
+tokenizer with its chat template, and a manifest naming base model, snapshot
+and workspace (so the parity prompts are that snapshot's held-out prompts).
+``make_fake_run`` (random LoRA B) is kept for quick experiments.  The round
+trip through the real ``python -m train`` CLI lives in ``test_export_train.py``.
 """
 from __future__ import annotations
 
@@ -42,9 +44,58 @@ def make_fake_run(run: Path, *, scale: float = 0.02, seed: int = 0, subfolder: b
     return run
 
 
+def make_trained_run(run: Path, workspace: Path, snapshot: str = "v1", *, steps: int = 2, lr: float = 5e-3,
+                     batch_size: int = 1) -> Path:
+    """A run folder from a few real LoRA steps (AdamW, loss on assistant tokens) on a snapshot's train split.
+
+    Stands in for ``python -m train`` (see test_export_train.py for the real CLI): same outputs
+    (adapter/, tokenizer + chat template, manifest naming base model, snapshot and workspace).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curate import snapshot as snap
+    from curate.models import DEFAULT_CHAT, materialize_chat_model
+
+    torch.manual_seed(0)
+    base = materialize_chat_model()
+    tok = AutoTokenizer.from_pretrained(base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    rows = sorted(snap.load(workspace / "snapshots" / snapshot, split="train"), key=lambda r: r["id"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        batch = rows[batch_size * step: batch_size * (step + 1)]
+        for r in batch:
+            msgs = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
+            prompt = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
+            full = tok.apply_chat_template(msgs, tokenize=False)
+            ids = tok(full, return_tensors="pt", add_special_tokens=False).input_ids[:, :256]
+            labels = ids.clone()
+            labels[:, : len(tok(prompt, add_special_tokens=False).input_ids)] = -100  # assistant tokens only
+            loss = model(input_ids=ids, labels=labels).loss / len(batch)
+            loss.backward()
+            losses.append(float(loss.detach()))
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(run / "adapter")
+    tok.save_pretrained(run)
+    (run / "manifest.json").write_text(json.dumps({
+        "snapshot": {"name": snapshot}, "workspace": str(workspace),
+        "config": {"base_model": DEFAULT_CHAT, "max_steps": steps, "lr": lr}, "losses": losses}))
+    return run
+
+
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory) -> Path:
-    return make_fake_run(tmp_path_factory.mktemp("run") / "r1")
+    from test_export_run import make_snapshot
+
+    root = tmp_path_factory.mktemp("run")
+    make_snapshot(root / "ws", limit=80)
+    return make_trained_run(root / "r1", root / "ws")
 
 
 def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
@@ -57,14 +108,15 @@ def test_export_merged_gguf_ollama_with_parity(fake_run: Path):
     merged = fake_run / "export" / "merged"
     rep = json.loads((merged / "export_report.json").read_text())
     assert rep["merge_max_abs_logit_diff"] < 1e-3
-    # the perturbed adapter must matter, or the merge check proves nothing
-    assert rep["adapter_effect_max_abs_logit"] > 0.5
+    # the trained adapter must matter, or the merge check proves nothing
+    assert rep["adapter_effect_max_abs_logit"] > 0.1
 
     assert main(["--run", str(fake_run), "--format", "ollama", "--dtype", "f16", "--quiet",
                  "--prompts", "3", "--max-new-tokens", "16"]) == 0
     out = fake_run / "export" / "ollama-f16"
     rep = json.loads((out / "export_report.json").read_text())
     g = rep["gguf"]
+    assert "held-out split" in rep["prompts_source"]  # prompts came from the snapshot the run names
     assert rep["ok"] and g["identical_greedy_outputs"] == g["prompts"] == 3
     assert g["max_abs_logit_diff"] < 0.25
     # real llama.cpp (xllamacpp wheel, a dev dependency) on the same file

@@ -97,3 +97,15 @@ def test_cli_help_and_bad_args(tmp_path: Path, capsys):
         main(["--run", str(tmp_path), "--format", "onnx"])
     assert main(["--run", str(tmp_path / "missing"), "--format", "merged", "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_out_folder_with_other_data_is_never_replaced(tmp_path: Path):
+    from train.export import ExportConfig, export
+
+    run = _run(tmp_path, {"config": {"base_model": "embedded"}})
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(ExportConfig(run=run, format="merged", out=precious, progress=False), log=lambda *_: None)
+    assert (precious / "notes.txt").read_text() == "keep me"

@@ -505,7 +505,15 @@ def default_out(cfg: ExportConfig) -> Path:
     return Path(cfg.run) / "export" / sub
 
 
+def _check_out(final: Path) -> None:
+    """Refuse to replace a folder that is not a previous export (``--out`` pointing at real data)."""
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "export_report.json").exists())):
+        raise ExportError(f"output folder {final} exists and is not a previous export (no export_report.json); "
+                          "pick another --out or remove it")
+
+
 def _publish(partial: Path, final: Path) -> None:
+    _check_out(final)
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -522,6 +530,7 @@ def _ensure_merged(cfg: ExportConfig, info: RunInfo, log) -> tuple[Path, dict]:
             log(f"reusing merged model {target} (same adapter sha256 {sha[:12]}…)")
             rep["out"] = str(target)
             return target, rep
+    _check_out(target)
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -555,6 +564,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     train_tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
     train_template = train_tok.chat_template
     out = default_out(cfg)
+    _check_out(out)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

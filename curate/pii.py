@@ -46,8 +46,9 @@ PHONE = re.compile(
 ORDER = re.compile(
     r"(?i)\border(?:\s*(?:id|number|no\.?|#))?\s*(?:is\s*)?[:#]?\s*((?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{5,13})\b|(?<![\d.,])\b(\d{10})\b(?![.,]\d)"
 )
-ADDRESS = re.compile(
-    r"(?i)\b\d{1,6}\s+(?:[a-z0-9]+\s){0,3}(?:st|street|ave|avenue|rd|road|blvd|boulevard|ln|lane|dr|drive|way|ct|court|pl|place)\b\.?"
+ADDRESS = re.compile(  # a full stop is kept unless it belongs to an abbreviation ("St.")
+    r"(?i)\b\d{1,6}\s+(?:[a-z0-9]+\s){0,3}"
+    r"(?:(?:street|avenue|road|boulevard|lane|drive|way|court|place)\b|(?:st|ave|rd|blvd|ln|dr|ct|pl)\b\.?)"
 )
 USERNAME = re.compile(
     r"(?i)\b(?:user\s*name|user\s*id|login)\s*(?::\s*([A-Za-z0-9_.-]{3,})|(?:is)\s+((?=[A-Za-z0-9_.-]*[\d_.])[A-Za-z0-9_.-]{3,}))"

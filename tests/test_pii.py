@@ -105,6 +105,7 @@ def test_patterns():
         "account number 12345678": "account number [ACCOUNT]",
         "IBAN GB82 WEST 1234 5698 7654 32": "IBAN [ACCOUNT]",
         "My name is Joyce Wu and I live at 9998 lincoln ave": "My name is [NAME] and I live at [ADDRESS]",
+        "I live at 42 Elm Street. Thanks": "I live at [ADDRESS]. Thanks",
     }
     for text, want in cases.items():
         assert scrub(text)[0] == want, text

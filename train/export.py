@@ -275,7 +275,7 @@ def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:
         raise ExportError(f"{info.tokenizer_dir}: tokenizer has no chat template (chat_template.jinja or "
                           "tokenizer_config.json:chat_template)")
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    if base.get_input_embeddings().weight.shape[0] != len(tok):
+    if len(tok) > base.get_input_embeddings().weight.shape[0]:  # tokens added at training time
         base.resize_token_embeddings(len(tok))
     peft_model = PeftModel.from_pretrained(base, info.adapter_dir)
     peft_model.eval()

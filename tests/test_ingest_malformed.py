@@ -139,7 +139,7 @@ def test_vtt_bad_cues(tmp_path):
 def test_vtt_header_empty_encoding(tmp_path):
     assert _rejects(_items(transcripts.read, _write(tmp_path, "a.vtt", "1\n00:00:01.000 --> 00:00:02.000\nhi\n"))) == [
         ("line 1", "header", "not a WebVTT file: the first line must be 'WEBVTT'"),
-        ("file", None, "no usable cues in the file")]
+        ("file", "file", "no usable cues in the file")]
     assert _rejects(_items(transcripts.read, _write(tmp_path, "e.vtt", b""))) == [("file", "file", "empty file")]
     p = _write(tmp_path, "l.vtt", b"WEBVTT\n\n00:00:01.000 --> 00:00:02.000\n<v Customer>caf\xe9\n")
     assert _rejects(_items(transcripts.read, p)) == [("file", "encoding", "not valid UTF-8 (line 4, byte 53); re-save the file as UTF-8")]

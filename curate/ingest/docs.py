@@ -331,4 +331,4 @@ def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[
         n += 1
         yield c
     if n == 0:
-        yield Reject(file, "file", "no text found in the document")
+        yield Reject(file, "file", "no text found in the document", "file")

@@ -258,7 +258,7 @@ def _read_timed(path: Path, file: str, opts: ReadOptions, fmt: str) -> Iterator[
     if turns:
         yield _conversation(turns, file, path.stem, opts)
     else:
-        yield Reject(file, "file", "no usable cues in the file")
+        yield Reject(file, "file", "no usable cues in the file", "file")
 
 
 # -- speaker-labelled text ------------------------------------------------------------
@@ -307,7 +307,7 @@ def _read_txt(path: Path, file: str, opts: ReadOptions) -> Iterator[Any]:
     if out is not None:
         yield out
     elif conv == 0:
-        yield Reject(file, "file", "no 'Speaker: text' lines found")
+        yield Reject(file, "file", "no 'Speaker: text' lines found", "speaker")
 
 
 # -- JSON turn lists ----------------------------------------------------------------

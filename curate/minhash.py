@@ -90,6 +90,15 @@ _ASCII_TABLE = bytes(
 )
 
 
+def _translated_bytes(texts: Sequence[str]) -> np.ndarray:
+    """NUL-joined texts, ASCII lower-cased and punctuation → space by one ``bytes.translate``;
+    texts with non-ASCII characters go through :func:`normalize` first. Spaces not collapsed."""
+    joined = _SEP.join(texts)
+    if joined.count(_SEP) != max(len(texts) - 1, 0) or not joined.isascii():
+        joined = _SEP.join(t if t.isascii() and _SEP not in t else normalize(t) for t in texts)
+    return np.frombuffer(joined.encode("utf-8").translate(_ASCII_TABLE), dtype=np.uint8)
+
+
 def _normalized_bytes(texts: Sequence[str]) -> np.ndarray:
     """Normalise many texts at once → one uint8 array, documents separated by NUL.
 
@@ -98,10 +107,7 @@ def _normalized_bytes(texts: Sequence[str]) -> np.ndarray:
     first (the translate is then a no-op on them). Runs of spaces are collapsed
     and spaces next to a separator removed, in numpy.
     """
-    joined = _SEP.join(texts)
-    if joined.count(_SEP) != max(len(texts) - 1, 0) or not joined.isascii():
-        joined = _SEP.join(t if t.isascii() and _SEP not in t else normalize(t) for t in texts)
-    buf = np.frombuffer(joined.encode("utf-8").translate(_ASCII_TABLE), dtype=np.uint8)
+    buf = _translated_bytes(texts)
     if not len(buf):
         return buf
     sp = buf == 32
@@ -207,7 +213,7 @@ def shingle(texts: Sequence[str], kind: str = "word", n: int | None = None) -> S
     with np.errstate(over="ignore"):
         pos = np.arange(len(wh), dtype=np.int64) - first_word[wdoc]
         wpw, _ = _powers(int(pos.max()) + 2 if len(pos) else 2)
-        contrib = _mix64(wh * wpw[pos] + U64(0x9E3779B97F4A7C15))
+        contrib = wh * wpw[pos]
         exact = np.zeros(n_docs, U64)
         has = np.flatnonzero(words_per_doc > 0)
         if len(has):  # words are in document order: one segment sum per non-empty doc
@@ -222,7 +228,7 @@ def shingle(texts: Sequence[str], kind: str = "word", n: int | None = None) -> S
                 h = np.zeros(m - n + 1, U64)
                 for j in range(n):
                     h = h * U64(0x9E3779B97F4A7C15) + wh[j : m - n + 1 + j]
-            sh, sd = _mix64(h[ok]), wdoc[: m - n + 1][ok]
+            sh, sd = h[ok], wdoc[: m - n + 1][ok]
         else:
             sh, sd = np.zeros(0, U64), np.zeros(0, np.int64)
         short = np.flatnonzero((words_per_doc > 0) & (words_per_doc < n))
@@ -237,7 +243,7 @@ def shingle(texts: Sequence[str], kind: str = "word", n: int | None = None) -> S
             has_sep = (seps_cum[ends - 1] - np.where(starts > 0, seps_cum[starts - 1], 0)) > 0
             starts = starts[~has_sep]
             with np.errstate(over="ignore"):
-                sh = _mix64(_segment_hash(prefix, inv, starts, starts + n))
+                sh = _segment_hash(prefix, inv, starts, starts + n)
             sd = np.searchsorted(sep_pos, starts).astype(np.int64)
         else:
             sh, sd = np.zeros(0, U64), np.zeros(0, np.int64)
@@ -320,14 +326,171 @@ def nonempty(sig: np.ndarray) -> np.ndarray:
     return sig[:, 0] != EMPTY
 
 
+# --------------------------------------------------------------------------- compiled path (numba)
+# The same arithmetic as shingle() + signatures() above, one pass per document in
+# machine code: word hash Σ (b_i+1)·P^(i-start), exact hash, shingles, OPH bins,
+# optimal densification. tests/test_minhash.py checks both paths agree bit for bit.
+_JIT = None
+
+
+def _jit_kernel():
+    global _JIT
+    if _JIT is not None:
+        return _JIT or None
+    import os
+
+    if os.environ.get("WORKBENCH_NO_JIT"):
+        _JIT = False
+        return None
+    try:
+        import numba
+    except ImportError:
+        _JIT = False
+        return None
+
+    P, GOLD = np.uint64(int(_P)), np.uint64(0x9E3779B97F4A7C15)
+    C1, C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    S30, S27, S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+    ONE, ZERO, FIVES, M32 = np.uint64(1), np.uint64(0), np.uint64(0x5555), np.uint64(0xFFFFFFFF)
+    CAP, EMP = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)
+
+    @numba.njit(inline="always")
+    def mix(x):
+        x = x ^ (x >> S30)
+        x = x * C1
+        x = x ^ (x >> S27)
+        x = x * C2
+        return x ^ (x >> S31)
+
+    @numba.njit(inline="always")
+    def put(row, h, seedmix, shift):
+        v = mix(h ^ seedmix)
+        b = np.int64(v >> shift)
+        val = np.uint32(v & M32)
+        if val > CAP:
+            val = CAP
+        if val < row[b]:
+            row[b] = val
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(buf, n_docs, char_mode, n, k, shift, seedmix, seq, sig, exact):
+        # buf: translated bytes (lower-case ASCII letters/digits, other ASCII → space,
+        # non-ASCII texts pre-normalised), documents separated by NUL; spaces are
+        # collapsed and trimmed here, per document, into nb.
+        L = buf.shape[0]
+        wh = np.empty(L + 1, np.uint64)
+        nb = np.empty(L + 1, np.uint8)
+        orig = np.empty(k, np.uint32)
+        pos = 0
+        for d in range(n_docs):
+            dl = 0
+            e = pos
+            while e < L and buf[e] != 0:
+                c = buf[e]
+                if c != 32 or (dl > 0 and nb[dl - 1] != 32):
+                    nb[dl] = c
+                    dl += 1
+                e += 1
+            if dl > 0 and nb[dl - 1] == 32:
+                dl -= 1
+            nw = 0
+            i = 0
+            while i < dl:
+                if nb[i] == 32:
+                    i += 1
+                    continue
+                h = ZERO
+                pw = ONE
+                while i < dl and nb[i] != 32:
+                    h += (np.uint64(nb[i]) + ONE) * pw
+                    pw *= P
+                    i += 1
+                wh[nw] = mix(h)
+                nw += 1
+            ex = ZERO
+            pp = ONE
+            for j in range(nw):
+                ex += wh[j] * pp
+                pp *= P
+            if nw > 0:
+                ex = mix(ex + np.uint64(nw))
+            exact[d] = ex
+            row = sig[d]
+            if not char_mode:
+                if nw >= n:
+                    for j in range(nw - n + 1):
+                        h = ZERO
+                        for t in range(n):
+                            h = h * GOLD + wh[j + t]
+                        put(row, h, seedmix, shift)
+                elif nw > 0:
+                    put(row, mix(ex ^ FIVES), seedmix, shift)
+            else:
+                if dl >= n:
+                    for s0 in range(dl - n + 1):
+                        h = ZERO
+                        pw = ONE
+                        for t in range(n):
+                            h += (np.uint64(nb[s0 + t]) + ONE) * pw
+                            pw *= P
+                        put(row, h, seedmix, shift)
+                elif dl > 0:
+                    put(row, mix(ex ^ FIVES), seedmix, shift)
+            n_empty = 0
+            for c in range(k):
+                orig[c] = row[c]
+                if row[c] == EMP:
+                    n_empty += 1
+            if 0 < n_empty < k:
+                for c in range(k):
+                    if orig[c] != EMP:
+                        continue
+                    done = False
+                    for t in range(seq.shape[1]):
+                        v = orig[seq[c, t]]
+                        if v != EMP:
+                            row[c] = v
+                            done = True
+                            break
+                    if not done:
+                        for off in range(1, k):
+                            v = orig[(c + off) % k]
+                            if v != EMP:
+                                row[c] = v
+                                break
+            pos = e + 1
+
+    _JIT = kernel
+    return kernel
+
+
+def _signatures_jit(kernel, texts: Sequence[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if k & (k - 1) or not 8 <= k <= 1024:
+        raise ValueError(f"num_perm must be a power of two in [8, 1024], got {k}")
+    n_docs = len(texts)
+    sig = np.full((n_docs, k), EMPTY, dtype=np.uint32)
+    exact = np.zeros(n_docs, U64)
+    if n_docs:
+        buf = _translated_bytes(texts)
+        seedmix = _mix64(np.array([seed], U64))[0]
+        kernel(buf, n_docs, kind == "char", 3 if kind == "word" else 5, k, np.uint64(64 - (k.bit_length() - 1)),
+               seedmix, _densify_sequence(k, 4 * k), sig, exact)
+    return sig, exact
+
+
 def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch: int = 20000,
-                  seed: int = 1, max_chars: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 1, max_chars: int = 1 << 20, jit: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Signatures and exact-text hashes of ``texts``.
 
     Work is done in chunks of at most ``batch`` texts and about ``max_chars``
     characters, which keeps the temporary arrays (8 bytes per input byte) in cache
-    and the power table small; results do not depend on the chunking.
+    and the power table small; results do not depend on the chunking. With numba
+    installed the compiled kernel is used (``jit=False`` or ``WORKBENCH_NO_JIT=1``
+    forces the numpy path); both give identical results.
     """
+    if kind not in ("word", "char"):
+        raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    kernel = _jit_kernel() if jit is not False else None
     sigs, exact = [], []
     i, n = 0, len(texts)
     while i < n:
@@ -335,9 +498,13 @@ def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch:
         while j < n and j - i < batch and (size < max_chars or j == i):
             size += len(texts[j]) + 1
             j += 1
-        sh = shingle(texts[i:j], kind)
-        sigs.append(signatures(sh, k, seed))
-        exact.append(sh.exact)
+        if kernel is not None:
+            s_, x_ = _signatures_jit(kernel, texts[i:j], kind, k, seed)
+        else:
+            sh = shingle(texts[i:j], kind)
+            s_, x_ = signatures(sh, k, seed), sh.exact
+        sigs.append(s_)
+        exact.append(x_)
         i = j
     if not sigs:
         return np.zeros((0, k), np.uint32), np.zeros(0, U64)

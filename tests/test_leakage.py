@@ -9,14 +9,16 @@ hits confirmed by eye when these counts were pinned, e.g.
     train "My card payment was reverted, why?"       test:2083 "My card payment was reverted.  Why?"
     train "How do I unblock my PIN?"                 test:556  "How do I unblock my PIN?"
   near (char 5-gram MinHash, estimated Jaccard ≥ 0.8)
-    train "I think my card is broke?"                test:376  "I think my card is broken"            0.91
-    train "Someone stole my card!"                   test:1674 "Someone stole my cards!"              0.97
-    train "is there a limit for top up?"             test:756  "Is there a limit for top-ups?"        0.98
+    train "I think my card is broke?"                test:376  "I think my card is broken"            0.95
+    train "Someone stole my card!"                   test:1674 "Someone stole my cards!"              0.94
+    train "is there a limit for top up?"             test:756  "Is there a limit for top-ups?"        0.97
     train "I tried to get some money but the machine was not working .The transaction still
-           seems in progress! …"                     test:220  "Hi,I tried to get some money out but the machine …"  0.91
+           seems in progress! …"                     test:220  "Hi,I tried to get some money out but the machine …"  0.95
   near hits that are NOT the same request (the price of Jaccard 0.8 on 10-word texts):
-    train "Where can I get my card PIN?"             test:2485 "Where can I get my card at?"          0.83
-    train "How long will it take to get to the US?"  test:285  "How long will it take to get to me?"  0.87
+    train "How can I top up my account with a cheque?"  test:1322 "How can I top up my account with a card?"  0.81
+    train "How long will it take to get to the US?"  test:285  "How long will it take to get to me?"  0.84
+  Pairs near the threshold (true Jaccard 0.78–0.85) are found or missed by chance (estimate
+  spread ±0.035 with 128 bins): the pinned counts hold for this hashing, not for any MinHash.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def ex(user: str, split: str, answer: str = "a") -> Example:
 TRAIN = [
     "How long does a transfer to Germany take from my account?",                 # 0 near copy of heldout 0
     "Can I get a refund for a card payment made last Tuesday at the grocery?",   # 1 exact copy of eval jsonl line 2
-    "Which currencies can I hold in my wallet at the same time?",                # 2 near copy of eval csv row
+    "Which currencies can I hold in my wallet at the same time, and which ones can I exchange for free?",  # 2 near copy of eval csv row
     "I want to close my account and withdraw all of the money today",           # 3 clean
     "Why is there an extra fee on my statement for the ATM withdrawal?",        # 4 near copy of parquet row
 ]
@@ -65,7 +67,7 @@ def leaky(store, tmp_path):
     with cs.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["query", "label"])
-        w.writerow(["Which currencies can I hold in my wallet at the same time please?", "x"])
+        w.writerow(["Which currencies can i hold in my walet at the same time, and which ones can I exchange for free?", "x"])
         w.writerow(["", "x"])
     pq = tmp_path / "eval.parquet"
     pl.DataFrame({"prompt": ["Why is there an extra fee on my statment for the ATM withdrawal?", "hello"]}).write_parquet(pq)
@@ -96,8 +98,8 @@ def test_leakage_signals_report_and_snapshot_refusal(store, leaky, capsys, works
     out = json.loads(capsys.readouterr().out)
     assert out["leaking_train_records"] == 2 and out["hits_by_source"] == {"heldout": 1, str(cs): 1}
     md = Path(store.meta_get("leakage_report_path")).read_text()
-    assert "Which currencies can I hold in my wallet at the same time?" in md
-    assert "Which currencies can I hold in my wallet at the same time please?" in md
+    assert "Which currencies can I hold in my wallet at the same time, and which ones can I exchange for free?" in md
+    assert "Which currencies can i hold in my walet at the same time, and which ones can I exchange for free?" in md
     assert store.meta_get("leakage_counters")["hits"] == 2
 
     # snapshot create refuses the leaking train records and says where the report is
@@ -138,7 +140,7 @@ def test_banking77_official_train_vs_test_library():
     b, r = mh.optimal_params(0.8)
     cand = mh.lsh_candidates(sig, b, r)
     p, s = mh.near_pairs(sig, 0.8, b, r, candidates=cand[(cand[:, 0] < n) & (cand[:, 1] >= n)])
-    assert len(p) == 119 and len(set(p[:, 1].tolist())) == 103  # near pairs / test rows involved
+    assert len(p) == 129 and len(set(p[:, 1].tolist())) == 115  # near pairs / test rows involved
     pairs = {(tr[a], te[b_ - n]) for a, b_ in p.tolist()}
     assert ("I think my card is broke?", "I think my card is broken") in pairs
     assert ("Someone stole my card!", "Someone stole my cards!") in pairs
@@ -153,9 +155,9 @@ def test_banking77_cli_workspace_vs_test_csv(workspace, capsys):
     k = json.loads(capsys.readouterr().out)
     assert k["params"]["shingle"] == "char"  # auto: median BANKING77 query has < 12 words
     assert k["read"]["train"] == 8001 and k["read"]["heldout"] == 1998
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 123
-    assert k["leaking_train_records"] == 135
-    assert k["hits_by_source"] == {"heldout": 49, str(B77 / "test.csv"): 96}
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 131
+    assert k["leaking_train_records"] == 145
+    assert k["hits_by_source"] == {"heldout": 50, str(B77 / "test.csv"): 103}
     rep = Path(k["report"]).with_suffix(".jsonl").read_text()
     assert '"train_text": "I think my card is broke?"' in rep and '"other_text": "I think my card is broken"' in rep
 
@@ -174,6 +176,6 @@ def test_banking77_semantic_leakage(workspace, capsys):
                 "--workspace", str(workspace), "--json"]) == 0
     k = json.loads(capsys.readouterr().out)
     sem = k["detectors"]["semantic"]
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 123
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 131
     assert abs(sem["hits"] - 2887) <= 0.02 * 2887 and abs(sem["train_records"] - 1547) <= 0.02 * 1547
     assert abs(k["leaking_train_records"] - 1625) <= 0.02 * 1625

@@ -98,3 +98,16 @@ def test_lsh_candidates_big_bucket_connected():
     uf = mh.UnionFind(50)
     uf.union_pairs(pairs)
     assert len(uf.groups()) == 1
+
+
+@pytest.mark.parametrize("kind", ["word", "char"])
+def test_compiled_and_numpy_paths_agree(kind):
+    if mh._jit_kernel() is None:
+        pytest.skip("numba not installed: only the numpy path exists")
+    rnd = random.Random(5)
+    vocab = ["card", "top-up", "PIN", "café", "Ünïcode", "x", "ATM!!", "£1", "already", "\u00a0", "🙂", "_"]
+    texts = ["", "a", "ab cd", "  !!  ", "Is there an auto top-up option?"] + [
+        " ".join(rnd.choice(vocab) for _ in range(rnd.randint(1, 40))) for _ in range(300)]
+    a, xa = mh.signatures_of(texts, kind, jit=True)
+    b, xb = mh.signatures_of(texts, kind, jit=False)
+    assert (a == b).all() and (xa == xb).all()

@@ -14,7 +14,8 @@ Detectors (all three unless some are named):
 
 Records are compared within their split (train with train, held-out with
 held-out; across splits is ``curate leakage``'s job), on ``--field`` text
-(default: all non-system turns). Pairs from every detector are joined into
+(default ``user``: the prompts, so the same question with two different answers
+is a duplicate pair too — the report shows both; ``text`` = all non-system turns). Pairs from every detector are joined into
 clusters (union-find); each cluster keeps ONE record:
 
   keeper policy: human over synthetic, then approved > pending > edited >

@@ -52,7 +52,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     store = open_store(args.workspace)
     mapping = load_mapping(Path(args.mapping)) if args.mapping else None
     rep = ingest_paths(store, args.paths, kind=args.kind, mapping=mapping, batch_size=args.batch_size,
-                       progress=not args.json and sys.stderr.isatty())
+                       progress=not args.json and sys.stderr.isatty(), workers=args.workers)
     t = rep.totals()
     lines = [f"{'file':60s} {'kind':12s} {'read':>7s} {'added':>7s} {'present':>7s} {'rejected':>8s} {'chunks':>6s}"]
     for f in rep.files:
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TOML mapping for every file given: ticket [columns]/[thread], transcript [speakers] "
                          "(default: <stem>.mapping.toml or mapping.toml beside each file; see docs/curate.md)")
     pi.add_argument("--batch-size", type=int, default=2000, help="records per transaction (default 2000)")
+    pi.add_argument("--workers", type=int, default=1,
+                    help="processes that turn ticket rows into examples (CSV/TSV/JSONL without [thread]); "
+                         "same records and order as 1 (default 1)")
     pi.set_defaults(func=cmd_ingest)
 
     ps = sub.add_parser("stats", parents=[common], help="counts by status/split/origin/source, signals, gate counters")

@@ -186,11 +186,17 @@ def ingest_paths(
     batch_size: int = 2000,
     progress: bool = False,
     opts: ReadOptions | None = None,
+    workers: int = 1,
 ) -> IngestReport:
     """Ingest files/folders into ``store``; returns per-file counts.
 
     Nothing is silently dropped: every item a reader yields is added, counted as
     already present, or recorded as a reject (store table + rejects JSONL).
+
+    ``workers > 1``: row-per-example ticket files (CSV/TSV/JSONL without a
+    ``[thread]`` mapping) are turned into examples by a process pool; this
+    process still reads the file and writes every batch in file order, so the
+    records, splits and crash behaviour are the same as with one worker.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -201,6 +207,7 @@ def ingest_paths(
     missing = [str(p) for p in files if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    pool = None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -215,7 +222,16 @@ def ingest_paths(
                 items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
             else:
                 o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
-                items = _reader(k)(path, o)
+                from . import tickets
+
+                if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
+                    if pool is None:
+                        import multiprocessing as mp
+
+                        pool = mp.get_context("fork").Pool(workers, initializer=tickets._worker_init)
+                    items = tickets.read_parallel(path, o, pool, chunk=batch_size, in_flight=2 * workers)
+                else:
+                    items = _reader(k)(path, o)
             ex_buf: list[Example] = []
             rj_buf: list[Reject] = []
             ch_buf: list[Chunk] = []
@@ -260,6 +276,9 @@ def ingest_paths(
                     flush()
             flush()
     finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         if rej_f is not None:
             rej_f.close()
         if bar is not None:

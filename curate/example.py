@@ -14,7 +14,6 @@ Rules enforced by :func:`validate_messages` (each error names the rule):
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field

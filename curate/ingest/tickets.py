@@ -27,7 +27,6 @@ Without a mapping, columns are guessed when unambiguous: user from one of
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterator

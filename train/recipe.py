@@ -1,0 +1,261 @@
+"""The training recipe: verified snapshot → (Q)LoRA adapter run folder.
+
+One code path for CPU and CUDA (TRL ``SFTTrainer`` + PEFT): on CUDA the base is
+loaded in 4-bit NF4 with double quantisation and bf16 compute (QLoRA); on CPU
+bitsandbytes' NF4 is slower than plain LoRA, so the base stays fp32 and a
+one-line notice says so. Loss is on assistant tokens only (TRL
+``assistant_only_loss`` with the generation-marked template from
+:mod:`train.template`). Only the snapshot's ``train`` split is read; the
+held-out ids are loaded solely to assert they never enter the dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from curate import snapshot as snap
+from curate.store import open_store
+
+from .config import TrainConfig
+from .template import TemplateMismatch, preflight, training_template
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_snapshot(name: str, workspace: str | None) -> tuple[Path, dict, list[dict], set[str]]:
+    """(snapshot dir, manifest, verified train rows, held-out ids) or TrainError."""
+    store = open_store(workspace)
+    try:
+        problems = snap.verify(store, name)
+    except snap.SnapshotError as e:
+        raise TrainError(str(e)) from None
+    if problems:
+        raise TrainError(f"snapshot {name!r} failed verification, refusing to train: " + "; ".join(problems))
+    d = snap.snapshots_dir(store) / name
+    manifest = snap.show(store, name)
+    train_rows = snap.load(d, split="train")
+    held_ids = {r["id"] for r in snap.load(d, split="heldout")}
+    not_approved = [r["id"] for r in train_rows if r.get("status") != "approved"]
+    if not_approved:
+        raise TrainError(f"snapshot {name!r} contains {len(not_approved)} record(s) that are not approved")
+    return d, manifest, train_rows, held_ids
+
+
+def build_dataset(train_rows: list[dict], held_ids: set[str]):
+    """The only data the trainer sees: train-split messages. Asserts held-out isolation."""
+    import datasets
+
+    leaked = [r["id"] for r in train_rows if r["id"] in held_ids or r.get("split") != "train"]
+    if leaked:
+        raise TrainError(f"{len(leaked)} held-out record(s) would enter training: {leaked[:3]}")
+    ds = datasets.Dataset.from_list([{"messages": [dict(m) for m in r["messages"]], "id": r["id"]} for r in train_rows])
+    assert not (set(ds["id"]) & held_ids), "held-out ids in the train dataset"
+    return ds.remove_columns(["id"])
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "absent"
+    return out
+
+
+def _hardware() -> dict[str, Any]:
+    import torch
+
+    hw = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        hw["cuda_device"] = torch.cuda.get_device_name(0)
+        hw["cuda_count"] = torch.cuda.device_count()
+    return hw
+
+
+def _plot_loss(metrics_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = [], []
+    for line in metrics_path.read_text().splitlines():
+        m = json.loads(line)
+        if "loss" in m and "step" in m:
+            steps.append(m["step"])
+            losses.append(m["loss"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, marker="o", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (assistant tokens)")
+    ax.set_title(out.parent.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    cks = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return cks[-1] if cks else None
+
+
+def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume: Path | None = None) -> Path:
+    t0 = time.time()
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    snap_dir, snap_manifest, train_rows, held_ids = load_snapshot(snapshot, workspace)
+    ds = build_dataset(train_rows, held_ids)
+
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from curate.models import materialize_chat_model
+
+    cuda = torch.cuda.is_available()
+    quant = cfg.quantization
+    if quant == "auto":
+        quant = "nf4" if cuda else "none"
+    if quant == "nf4" and not cuda:
+        log("notice: CPU run — training plain LoRA in fp32 (bitsandbytes NF4 runs on CPU but is slower than LoRA there); QLoRA is used on CUDA")
+        quant = "none"
+    elif not cuda:
+        log("notice: no CUDA device — training plain LoRA in fp32 on CPU (QLoRA 4-bit NF4 is used on CUDA)")
+
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(cfg.output_dir or f"runs/{snapshot}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise TrainError(f"run folder {run_dir} exists and is not empty; use --resume {run_dir} or another --output-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"snapshot": snapshot, "workspace": workspace, "config": cfg.to_dict()}, indent=2))
+
+    model_path = materialize_chat_model(cfg.base_model)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    base_template = tok.chat_template
+    train_tpl = training_template(tok)
+    try:
+        marked = preflight(tok, train_rows, train_tpl, train_tpl, base_template)
+    except TemplateMismatch as e:
+        raise TrainError(f"template preflight failed: {e}") from None
+    log("preflight: one training example as the model sees it (trained tokens in ⟦…⟧):\n" + marked)
+    tok.chat_template = train_tpl
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+    kw: dict[str, Any] = {}
+    if quant == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["dtype"] = torch.bfloat16
+    else:
+        kw["dtype"] = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
+
+    targets: Any = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+    sft = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        assistant_only_loss=True,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=cuda,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        include_num_input_tokens_seen=True,
+    )
+    metrics_path = run_dir / "metrics.jsonl"
+
+    class MetricsLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.t_last = time.time()
+            self.tok_last = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kw2):
+            if not logs or not state.is_world_process_zero:
+                return
+            now = time.time()
+            rec = {"step": state.global_step, "epoch": state.epoch, "time": now, **logs}
+            ntok = logs.get("num_tokens")
+            if ntok is not None:
+                rec["tokens_per_s"] = (ntok - self.tok_last) / max(now - self.t_last, 1e-9)
+                self.tok_last = ntok
+            self.t_last = now
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
+                         callbacks=[MetricsLog()])
+    # held-out isolation, checked on what the trainer will actually iterate
+    held_texts = set()
+    ckpt = last_checkpoint(run_dir) if resume is not None else None
+    if resume is not None:
+        log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    del held_texts
+
+    adapter_dir = run_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tok.save_pretrained(run_dir)
+    (run_dir / "chat_template.jinja").write_text(train_tpl)
+    if metrics_path.exists():
+        _plot_loss(metrics_path, run_dir / "loss.png")
+    st = trainer.state
+    manifest = {
+        "snapshot": {"name": snapshot, "path": str(snap_dir.resolve()), "workspace": str(Path(workspace).resolve()) if workspace else None,
+                     "files": snap_manifest["files"], "train_rows": len(train_rows), "heldout_rows": len(held_ids)},
+        "config": {**cfg.to_dict(), "base_model_path": str(model_path)},
+        "seed": cfg.seed,
+        "quantization": quant,
+        "device": "cuda" if cuda else "cpu",
+        "versions": _versions(),
+        "hardware": _hardware(),
+        "steps": st.global_step,
+        "max_steps": st.max_steps,
+        "epochs": st.epoch,
+        "tokens_seen": int(st.num_input_tokens_seen or 0) or int(next((m.get("num_tokens") for m in reversed(st.log_history) if "num_tokens" in m), 0)),
+        "train_loss": result.training_loss,
+        "wall_time_s": round(time.time() - t0, 1),
+        "resumed": resume is not None,
+        "chat_template": "chat_template.jinja",
+        "adapter": "adapter",
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return run_dir

@@ -91,7 +91,8 @@ class OpenAIBackend:
     name = "openai"
     max_batch = 1
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0):
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
+                 http_client: Any = None):
         import openai
 
         self.model = model
@@ -100,7 +101,8 @@ class OpenAIBackend:
         if key is None:
             raise BackendError(f"environment variable {api_key_env} is not set (needed for the OpenAI API without --base-url)")
         # our own retry loop does backoff; the client must not retry on its own
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0)
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0,
+                                    http_client=http_client)
         self._openai = openai
 
     def __repr__(self) -> str:  # never shows the key

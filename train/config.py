@@ -23,6 +23,8 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or a comma list like 'q_proj,v_proj'")
+    lora_layers: int = _f(0, "adapt only the top N transformer layers (0: all). Backward then stops at the lowest "
+                             "adapted layer, which makes CPU training ~2x cheaper for small N")
     learning_rate: float = _f(2e-4, "peak learning rate (AdamW)")
     lr_scheduler: str = _f("cosine", "learning-rate schedule: cosine | linear | constant | constant_with_warmup")
     warmup_ratio: float = _f(0.05, "fraction of steps spent warming up")
@@ -55,6 +57,8 @@ class TrainConfig:
             errs.append(f"lr_scheduler must be cosine|linear|constant|constant_with_warmup (got {self.lr_scheduler!r})")
         if self.quantization not in ("auto", "nf4", "none"):
             errs.append(f"quantization must be auto|nf4|none (got {self.quantization!r})")
+        if self.lora_layers < 0:
+            errs.append("lora_layers must be >= 0")
         if self.threads < 0:
             errs.append("threads must be >= 0")
         if errs:

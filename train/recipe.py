@@ -173,8 +173,17 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
 
     targets: Any = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    layer_kw: dict[str, Any] = {}
+    if cfg.lora_layers:
+        n_layers = model.config.num_hidden_layers
+        if cfg.lora_layers > n_layers:
+            raise TrainError(f"lora_layers={cfg.lora_layers} but the model has {n_layers} layers")
+        if targets == "all-linear":  # PEFT needs explicit names with layers_to_transform
+            targets = sorted({n.split(".")[-1] for n, mod in model.named_modules()
+                              if isinstance(mod, torch.nn.Linear) and ".layers." in n})
+        layer_kw["layers_to_transform"] = list(range(n_layers - cfg.lora_layers, n_layers))
     peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
+                          target_modules=targets, task_type="CAUSAL_LM", **layer_kw)
     sft = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         assistant_only_loss=True,
@@ -223,13 +232,10 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
 
     trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
                          callbacks=[MetricsLog()])
-    # held-out isolation, checked on what the trainer will actually iterate
-    held_texts = set()
     ckpt = last_checkpoint(run_dir) if resume is not None else None
     if resume is not None:
         log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    del held_texts
 
     adapter_dir = run_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir)

@@ -46,7 +46,11 @@ class SynthConfig:
     """System turn of doc-qa records (paraphrase/self-instruct/multi-turn keep the seed's)."""
     chunk_size: int = 16
     """Candidates processed (generated, scored, written) per step; a crash loses at most one step (and the cache keeps its calls)."""
+    fewshot: int = 3
+    """self-instruct: how many same-label seeds the prompt shows."""
     # --- reward filter -----------------------------------------------------
+    judge_max_tokens: int = 48
+    """Token budget of a judge call (JSON score + one short rationale)."""
     judge: bool = True
     """Score candidates with the LLM-judge rubric through the same backend."""
     min_judge_score: float = 3.0

@@ -47,7 +47,10 @@ def _train(ws: Path, runs: Path) -> Path:
 
 
 def test_train_then_export_all_formats(tmp_path: Path):
+    import gguf
+
     from train.export import main
+    from train.modelfile import parse_modelfile
 
     if not (ROOT / "train" / "__main__.py").exists():
         pytest.skip("python -m train is not in this checkout yet")
@@ -57,12 +60,34 @@ def test_train_then_export_all_formats(tmp_path: Path):
     assert man  # the exporter reads base model and snapshot from it
 
     assert main(["--run", str(run), "--format", "merged", "--quiet"]) == 0
+    rep = json.loads((run / "export" / "merged" / "export_report.json").read_text())
+    assert rep["merge_max_abs_logit_diff"] < 1e-3 and rep["reload_max_abs_logit_diff"] < 1e-5
+    assert rep["adapter_effect_max_abs_logit"] > 0.05  # the trained adapter changes the model, so the merge matters
+
     assert main(["--run", str(run), "--format", "ollama", "--dtype", "f16", "--quiet", "--prompts", "3",
                  "--max-new-tokens", "12"]) == 0
-    rep = json.loads((run / "export" / "ollama-f16" / "export_report.json").read_text())
-    assert rep["ok"]
-    assert "held-out split" in rep["prompts_source"], rep["prompts_source"]  # real held-out prompts were used
-    assert rep["gguf"]["identical_greedy_outputs"] == rep["gguf"]["prompts"]
+    out = run / "export" / "ollama-f16"
+    rep = json.loads((out / "export_report.json").read_text())
+    g = rep["gguf"]
+    assert rep["ok"] and not (run / "export" / "ollama-f16.partial").exists()
+    assert "held-out split" in rep["prompts_source"], rep["prompts_source"]  # the run's snapshot, found via manifest
+    assert g["identical_greedy_outputs"] == g["prompts"] == 3 and g["max_abs_logit_diff"] < 0.25
+    lc = g["llama_cpp"]  # real llama.cpp (xllamacpp, a dev dependency) on the same file
+    assert lc["checked"], lc
+    assert lc["template_mismatches"] == [] and lc["tokenizer_mismatches"] == []
+    assert lc["identical_greedy_outputs"] + sum("diverges_at" in r for r in lc["per_prompt"]) == 3
     assert rep["modelfile"]["conversations_checked"] >= 8
-    assert main(["--run", str(run), "--format", "gguf", "--dtype", "q8_0", "--quiet", "--prompts", "2",
+    cmds = dict(parse_modelfile((out / "Modelfile").read_text()))
+    assert cmds["model"] == "./model.gguf" and "SmolLM" in cmds["template"]
+    r = gguf.GGUFReader(str(out / "model.gguf"))
+    assert {t.tensor_type.name for t in r.tensors} == {"F16", "F32"}
+    assert "{% generation %}" in (run / "chat_template.jinja").read_text()  # trained with markers…
+    assert "generation %}" not in r.fields["tokenizer.chat_template"].contents()  # …served without them
+
+    assert main(["--run", str(run), "--format", "gguf", "--dtype", "q8_0", "--quiet", "--prompts", "1",
                  "--max-new-tokens", "8"]) == 0
+    q = run / "export" / "gguf-q8_0"
+    rep = json.loads((q / "export_report.json").read_text())
+    assert rep["ok"] and rep["gguf"]["max_abs_logit_diff"] < 3.0 and rep["gguf"]["top1_agreement"] > 0.9
+    assert "Q8_0" in {t.tensor_type.name for t in gguf.GGUFReader(str(q / "model-q8_0.gguf")).tensors}
+    assert (q / "model-q8_0.gguf").stat().st_size < 0.6 * (out / "model.gguf").stat().st_size

@@ -167,6 +167,9 @@ def heuristics(new_text: str, seed_texts: list[str], heldout: HeldoutIndex | Non
 
 
 def heuristic_reason(h: dict[str, Any], cfg: Any) -> str | None:
+    """First failed check (a held-out leak is reported before anything else)."""
+    if h["heldout_similarity"] >= cfg.max_heldout_similarity:
+        return f"heldout-similar: Jaccard {h['heldout_similarity']} with held-out record {h['heldout_nearest']} >= {cfg.max_heldout_similarity}"
     if h["chars"] < cfg.min_chars:
         return f"too-short: {h['chars']} chars < min_chars {cfg.min_chars}"
     if h["chars"] > cfg.max_chars:
@@ -177,8 +180,6 @@ def heuristic_reason(h: dict[str, Any], cfg: Any) -> str | None:
         return "boilerplate: the text echoes the prompt"
     if cfg.min_english_ratio > 0 and h["english_ratio"] < cfg.min_english_ratio:
         return f"language: english_ratio {h['english_ratio']} < {cfg.min_english_ratio}"
-    if h["heldout_similarity"] >= cfg.max_heldout_similarity:
-        return f"heldout-similar: Jaccard {h['heldout_similarity']} with held-out record {h['heldout_nearest']} >= {cfg.max_heldout_similarity}"
     if h["seed_similarity"] >= cfg.max_seed_similarity:
         return f"copy-of-seed: Jaccard {h['seed_similarity']} with the seed >= {cfg.max_seed_similarity}"
     return None

@@ -638,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  gguf    one GGUF file (f16 or q8_0) for llama.cpp\n"
             "  ollama  model.gguf + Modelfile whose TEMPLATE reproduces the training chat template\n\n"
             "Every export runs parity checks (merged vs adapter logits; GGUF reloaded with transformers vs\n"
-            "merged: greedy outputs on held-out prompts, logits, tokenizer ids, chat template; Modelfile\n"
-            "template vs training template) and fails with a non-zero exit if one does not hold."
+            "merged: greedy outputs on held-out prompts, logits, tokenizer ids, chat template; the same\n"
+            "against real llama.cpp when the xllamacpp wheel is installed; Modelfile template vs training\n"
+            "template) and fails with a non-zero exit if one does not hold. Details: docs/export.md."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

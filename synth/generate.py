@@ -183,7 +183,7 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
     for c in part:
         ex = examples.get(c.index)
         if ex is not None:
-            decision, reason = ("accepted", None) if ex.id in added_set else ("duplicate", f"already in the store: {ex.id}")
+            decision, reason = ("accepted", None) if ex.id in added_set else ("duplicate", f"duplicate: already in the store as {ex.id}")
         else:
             decision = "error" if (c.error or "").startswith(("backend-error", "no-output")) else "rejected"
             reason = c.error

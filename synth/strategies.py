@@ -218,7 +218,7 @@ def clean_output(text: str) -> str:
     return t
 
 
-_QA = re.compile(r"question\s*[:\-]\s*(?P<q>.+?)\s*\n+\s*(?:\**\s*)answer\s*[:\-]\s*(?P<a>.+)", re.I | re.S)
+_QA = re.compile(r"question\s*[:\-]\s*(?P<q>.+?)\s+(?:\**\s*)answer\s*[:\-]\s*(?P<a>.+)", re.I | re.S)
 
 
 def parse_qa(text: str) -> tuple[str, str] | None:
@@ -226,7 +226,7 @@ def parse_qa(text: str) -> tuple[str, str] | None:
     if not m:
         return None
     q = m.group("q").strip().strip("*").strip()
-    a = m.group("a").strip().split("\n\n")[0].strip().strip("*").strip()
+    a = re.split(r"\n\n|\bquestion\s*:", m.group("a").strip(), maxsplit=1, flags=re.I)[0].strip().strip("*").strip()
     return (q, a) if q and a else None
 
 

@@ -55,6 +55,8 @@ def test_clean_output_and_parse_qa():
     assert parse_qa("Question: How do I reset?\nAnswer: Open settings.") == ("How do I reset?", "Open settings.")
     assert parse_qa("**Question:** Why?\n**Answer:** Because.") == ("Why?", "Because.")
     assert parse_qa("just some text") is None
+    assert parse_qa("Question: Can I pay? Answer: Yes, by card. Question: again? Answer: x") == ("Can I pay?", "Yes, by card.")
+    assert parse_qa("Question: only a question, no answer") is None
 
 
 def test_heuristics_and_decide():

@@ -138,7 +138,8 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
         if c.error is not None or not c.messages:
             c.error = c.error or "no-output"
             continue
-        h = rw.heuristics(new_turns_text(c), c.seed_texts, heldout, cfg)
+        new_users = [m["content"] for m in c.messages[len(c.base):] if m["role"] == "user"]
+        h = rw.heuristics(new_turns_text(c), c.seed_texts, heldout, cfg, new_users)
         heur[c.index] = h
         reason = rw.heuristic_reason(h, cfg)
         if reason:

@@ -148,13 +148,22 @@ def english_ratio(text: str) -> float:
     return sum(w in ENGLISH for w in words) / len(words)
 
 
-def heuristics(new_text: str, seed_texts: list[str], heldout: HeldoutIndex | None, cfg: Any) -> dict[str, Any]:
-    """Measured facts about the generated text; :func:`decide` applies the thresholds."""
+def heuristics(new_text: str, seed_texts: list[str], heldout: HeldoutIndex | None, cfg: Any,
+               also_check: list[str] | None = None) -> dict[str, Any]:
+    """Measured facts about the generated text; :func:`decide` applies the thresholds.
+
+    ``also_check``: further texts (e.g. the new user turn alone) compared with held-out records.
+    """
     seed_sim = max((jaccard(tokens(new_text), tokens(s)) for s in seed_texts), default=0.0)
     exact_seed = any(" ".join(new_text.lower().split()) == " ".join(s.lower().split()) for s in seed_texts)
     low = new_text.lower()
     phrases = [ph for ph in getattr(cfg, "refusal_phrases", []) if ph and ph.lower() in low]
-    h_sim, h_id = heldout.max_similarity(new_text) if heldout is not None and len(heldout) else (0.0, None)
+    h_sim, h_id = 0.0, None
+    if heldout is not None and len(heldout):
+        for t in [new_text, *(also_check or [])]:
+            sim, rid = heldout.max_similarity(t)
+            if sim > h_sim:
+                h_sim, h_id = sim, rid
     return {
         "chars": len(new_text),
         "refusal": bool(REFUSAL.search(new_text)) or bool(phrases),

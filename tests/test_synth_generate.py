@@ -198,3 +198,11 @@ def test_backend_failures_are_logged_not_lost(store):
     assert counts["error"] > 0 and counts["accepted"] + counts["error"] + counts["rejected"] == 8
     errs = [l for l in _log(store) if l["decision"] == "error"]
     assert len(errs) == counts["error"] and all("backend-error" in l["reason"] for l in errs)
+
+
+def test_doc_qa_question_copying_heldout_is_rejected_despite_a_long_answer(store):
+    _, held = _seed_store(store)
+    answer = " ".join(["open the settings page and follow the reset steps described in the article"] * 3)
+    be = FakeBackend(fixed=f"Question: {held[1].user_text}\nAnswer: {answer}")
+    counts = generate(store, be, "doc-qa", 2, SynthConfig())
+    assert counts["reasons"] == {"heldout-similar": 2}, counts

@@ -1,0 +1,301 @@
+"""Side-by-side training-speed benchmark: TRL's QLoRA SFTTrainer vs our fast engine (train/fast.py).
+
+Same random-init model shape, same seeded chat-like data (lognormal lengths 32..2048, truncated to 1024,
+the recipe of ../shared/bench/trl_qlora_baseline.py copied here so the device run is self-contained), same
+LoRA (r16 all-linear), NF4 + double quant, bf16 compute. Every configuration runs in its own subprocess
+(clean CUDA memory); the first ``--warmup`` optimizer steps are not timed.
+
+  python bench/train_speed.py --out $OUT/train_speed.json            # on the GPU machine (device tool)
+  python bench/train_speed.py --device cpu --dry-run --out /tmp/ts.json   # CPU smoke test, tiny shape
+
+Prints one JSON document (and writes it to --out after every configuration, so a time-out keeps what ran):
+real (non-pad) tokens/s, peak GiB, loss at the end of the timed window, ratios vs TRL default and vs TRL
+packing+Liger, per shape, plus the ablation rows (each trick on its own).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODEL_DIR = os.environ.get("WB_BENCH_MODELS", "/tmp/wb_bench_models")
+
+SHAPES = {
+    # SmolLM2-135M
+    "smol135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0),
+    # Llama-3.2-1B / 3B
+    "llama1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                    num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
+    "llama3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                    num_attention_heads=24, num_key_value_heads=8, rope_theta=500000.0),
+    # CPU dry run
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
+}
+
+# (name, kind, options). TRL modes as in the shared baseline; ours: FastConfig overrides.
+TRL_MODES = ["default", "packed_liger", "packed", "liger"]
+OURS = {
+    # the recipe as shipped: packing + liger + auto micro-batch (no GC when it fits), 8192 slots per step
+    "ours": {},
+    # same, micro-batch capped to fit 1.5x TRL default's peak memory (set by the driver)
+    "ours_mem1.5x": {"memory_budget": 1.5},
+    # ablation: each trick on its own on top of "TRL-like" (padding, no liger, GC on, 8 rows per micro-batch)
+    "abl_plain": {"packing": False, "liger": False, "gradient_checkpointing": "on", "micro_rows": 8},
+    "abl_packing": {"liger": False, "gradient_checkpointing": "on", "micro_rows": 8},
+    "abl_liger": {"packing": False, "liger": True, "gradient_checkpointing": "on", "micro_rows": 8},
+    "abl_nogc": {"packing": False, "liger": False, "gradient_checkpointing": "off", "micro_rows": 8},
+    "abl_pack_liger_nogc": {"liger": True, "gradient_checkpointing": "off", "micro_rows": 8},
+    "abl_bigstep": {"tokens_per_step": 32768},  # bigger micro-batch/step (changes the optimisation batch)
+    "abl_compile": {"compile": True},
+}
+
+
+def make_data(V: int, n: int = 4000, seed: int = 0):
+    """Exactly the shared baseline's data: lens first, then ids, from random.seed(seed)."""
+    random.seed(seed)
+    lens = [max(32, min(2048, int(random.lognormvariate(5.6, 0.7)))) for _ in range(n)]
+    return [[random.randrange(3, V) for _ in range(L)] for L in lens]
+
+
+def build_model(shape: str, device: str) -> str:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = os.path.join(MODEL_DIR, shape)
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    s = SHAPES[shape]
+    V = s["vocab_size"]
+    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(V)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1", bos_token="t2",
+                                     unk_token="t0")
+    cfg = LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=True, **s)
+    cfg.pad_token_id = 0
+    torch.manual_seed(0)
+    with torch.device("cuda" if device == "cuda" else "cpu"):
+        m = LlamaForCausalLM(cfg).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    m.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+def worker_trl(mode: str, shape: str, steps: int, warmup: int, device: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    path = os.path.join(MODEL_DIR, shape)
+    hf_tok = AutoTokenizer.from_pretrained(path)
+    ds = Dataset.from_dict({"input_ids": make_data(SHAPES[shape]["vocab_size"])})
+    cuda = device == "cuda"
+    if cuda:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        mk = dict(quantization_config=quant, dtype=torch.bfloat16, attn_implementation="sdpa")
+    else:
+        mk = dict(dtype=torch.float32, attn_implementation="sdpa")
+    args = SFTConfig(output_dir="/tmp/out_trl_" + mode, max_steps=steps, per_device_train_batch_size=8,
+                     gradient_accumulation_steps=1, learning_rate=2e-4, logging_steps=1, save_strategy="no",
+                     report_to=[], bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True, max_length=1024,
+                     model_init_kwargs=mk, packing=mode in ("packed", "packed_liger"),
+                     use_liger_kernel=mode in ("liger", "packed_liger"), dataloader_num_workers=0, seed=0)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+    class Clock(TrainerCallback):
+        t0 = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup:
+                if cuda:
+                    torch.cuda.synchronize()
+                Clock.t0 = time.time()
+
+    trainer = SFTTrainer(model=path, args=args, train_dataset=ds, processing_class=hf_tok, peft_config=lora)
+    orig = trainer.data_collator
+    cnt = {"tok": 0, "slots": 0, "batches": 0}
+
+    def coll(features):
+        b = orig(features)
+        if cnt["batches"] >= warmup:
+            if "attention_mask" in b:
+                cnt["tok"] += int(b["attention_mask"].sum())
+                cnt["slots"] += int(b["attention_mask"].numel())
+            else:
+                cnt["tok"] += int(b["input_ids"].numel())
+                cnt["slots"] += int(b["input_ids"].numel())
+        cnt["batches"] += 1
+        return b
+
+    trainer.data_collator = coll
+    trainer.add_callback(Clock())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.time() - Clock.t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"tokens_per_s_real": cnt["tok"] / dt, "slot_fill": cnt["tok"] / max(1, cnt["slots"]), "sec": dt,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "loss_end": losses[-1] if losses else None, "losses": losses, "batches_seen": cnt["batches"]}
+
+
+def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem_budget: float | None) -> dict:
+    sys.path.insert(0, ROOT)
+    from train.fast import FastConfig, train_fast
+
+    opts = dict(OURS[mode])
+    if "memory_budget" in opts:
+        factor = opts.pop("memory_budget")
+        if not mem_budget:
+            raise RuntimeError("memory-matched run needs TRL default's peak (--mem-ref)")
+        opts["memory_budget_gib"] = factor * mem_budget
+    data = make_data(SHAPES[shape]["vocab_size"])
+    exs = [{"input_ids": ids, "labels": ids} for ids in data]  # TRL trains on every token of this dataset
+    fc = FastConfig(max_steps=steps, learning_rate=2e-4, seed=0, quantize="nf4" if device == "cuda" else "none",
+                    **opts)
+    if device != "cuda":
+        fc.liger = False
+        fc.compile = False
+    m = train_fast(os.path.join(MODEL_DIR, shape), None, exs, fc, None)
+    m.pop("model")
+    secs, toks = m["step_seconds"][warmup:], m["step_real_tokens"][warmup:]
+    m["tokens_per_s_real"] = sum(toks) / sum(secs)
+    m["sec"] = sum(secs)
+    m["loss_end"] = m["losses"][-1]
+    for k in ("step_seconds", "step_real_tokens", "config"):
+        m.pop(k)
+    return m
+
+
+def driver(args) -> dict:
+    device = args.device
+    shapes = args.shapes.split(",")
+    res = {"device": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": args.steps,
+           "warmup": args.warmup, "shapes": {}, "notes": []}
+    if device == "cuda":
+        import torch
+        res["device"] = torch.cuda.get_device_name(0)
+        import importlib.metadata as md
+        res["versions"] = {p: md.version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes",
+                                                          "liger-kernel", "triton")}
+    else:
+        res["device"] = "cpu (dry run)"
+    t_end = time.time() + args.budget_s
+
+    def save():
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
+    plan = []
+    for sh in shapes:  # the core plan on every shape first, then the ablations on the ablation shape
+        plan += [(sh, item) for item in args.plan.split(",")]
+    if args.ablations:
+        plan += [(args.ablation_shape, item) for item in args.ablations.split(",")]
+    for sh, item in plan:
+        kind, mode = item.split(":")
+        left = t_end - time.time()
+        if left < 40:
+            res["notes"].append(f"skipped {sh} {item}: time budget spent")
+            continue
+        if sh not in res["shapes"]:
+            t = time.time()
+            build_model(sh, device)
+            res["shapes"][sh] = {"build_s": round(time.time() - t, 1), "runs": {}}
+        ref = res["shapes"][sh]["runs"].get("trl:default", {}).get("peak_gib")
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--mode", mode, "--shape", sh,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
+        if ref:
+            cmd += ["--mem-ref", str(ref)]
+        t = time.time()
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left - 10, args.run_timeout))
+            out = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            r = json.loads(out[-1][7:]) if out else {"error": (p.stderr or p.stdout)[-1500:], "rc": p.returncode}
+        except subprocess.TimeoutExpired:
+            r = {"error": "timeout"}
+        r["wall_s"] = round(time.time() - t, 1)
+        res["shapes"][sh]["runs"][item] = r
+        tps = r.get("tokens_per_s_real")
+        print(f"[{time.strftime('%H:%M:%S')}] {sh:9s} {item:26s} "
+              + (f"{tps:9.0f} tok/s  peak {r.get('peak_gib') or 0:.2f} GiB  loss {r.get('loss_end')}"
+                 if tps else f"FAILED {str(r.get('error'))[-300:]}"), flush=True)
+        ratios(res)
+        save()
+    return res
+
+
+def ratios(res: dict) -> None:
+    for sh, d in res["shapes"].items():
+        runs = d["runs"]
+        base = runs.get("trl:default", {}).get("tokens_per_s_real")
+        pl = runs.get("trl:packed_liger", {}).get("tokens_per_s_real")
+        bpk = runs.get("trl:default", {}).get("peak_gib")
+        bl = runs.get("trl:default", {}).get("loss_end")
+        table = {}
+        for name, r in runs.items():
+            t = r.get("tokens_per_s_real")
+            if not t:
+                continue
+            table[name] = {"tokens_per_s_real": round(t), "peak_gib": r.get("peak_gib") and round(r["peak_gib"], 2),
+                           "loss_end": r.get("loss_end") and round(r["loss_end"], 4),
+                           "x_trl_default": round(t / base, 2) if base else None,
+                           "x_trl_packed_liger": round(t / pl, 2) if pl else None,
+                           "mem_x_trl_default": round(r["peak_gib"] / bpk, 2) if bpk and r.get("peak_gib") else None,
+                           "loss_rel_diff_vs_trl_default": round(r["loss_end"] / bl - 1, 4)
+                           if bl and r.get("loss_end") else None,
+                           "micro_rows": r.get("micro_rows"), "gc": r.get("gradient_checkpointing")}
+        d["table"] = table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--dry-run", action="store_true", help="tiny shape, 3 steps, CPU-friendly plan")
+    ap.add_argument("--shapes", default="llama1b,smol135m,llama3b")
+    ap.add_argument("--plan", default="trl:default,trl:packed_liger,ours:ours,ours:ours_mem1.5x",
+                    help="kind:mode list run on every shape")
+    ap.add_argument("--ablation-shape", default="llama1b")
+    ap.add_argument("--ablations", default="ours:abl_plain,ours:abl_packing,ours:abl_liger,ours:abl_nogc,ours:abl_pack_liger_nogc,"
+                    "ours:abl_bigstep,ours:abl_compile,trl:packed,trl:liger")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--budget-s", type=float, default=540, help="stop starting new runs after this many seconds")
+    ap.add_argument("--run-timeout", type=float, default=150)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", choices=["trl", "ours"])
+    ap.add_argument("--mode")
+    ap.add_argument("--shape")
+    ap.add_argument("--mem-ref", type=float, default=None)
+    a = ap.parse_args(argv)
+    if a.worker:
+        if a.worker == "trl":
+            r = worker_trl(a.mode, a.shape, a.steps, a.warmup, a.device)
+        else:
+            r = worker_ours(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref)
+        print("RESULT " + json.dumps(r), flush=True)
+        return 0
+    if a.dry_run:
+        a.shapes, a.steps, a.warmup = "tiny", 4, 1
+        a.plan, a.ablation_shape = "trl:default,ours:ours", "tiny"
+        a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc"
+    res = driver(a)
+    print(json.dumps({sh: d.get("table") for sh, d in res["shapes"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

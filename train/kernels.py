@@ -1,0 +1,83 @@
+"""Fused kernels for the fast CUDA engine (issue 9): Liger on CUDA, plain-PyTorch fallbacks elsewhere.
+
+* :func:`apply_liger` swaps a Llama-family model's RMSNorm, RoPE and SwiGLU MLP for Liger's Triton kernels
+  (``liger-kernel``, optional extra ``gpu``). Needs CUDA; on CPU or without the package it changes nothing
+  and says so in the returned dict.
+* :func:`linear_cross_entropy` is the loss head: mean next-token cross-entropy over the positions whose
+  label is not -100, computed from the final hidden states and the lm_head weight **without materialising
+  the full [tokens, vocab] logits**. Only target positions are projected at all (assistant-only loss skips
+  prompt tokens before the matmul). On CUDA with Liger it uses ``LigerFusedLinearCrossEntropyLoss``;
+  otherwise a chunked PyTorch version (each chunk's logits are recomputed in backward via checkpointing).
+
+``tests/test_kernels.py`` checks each path against the plain ``model(..., labels=...)`` loss.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def liger_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
+def apply_liger(model, *, rms_norm: bool = True, rope: bool = True, swiglu: bool = True) -> dict:
+    """Patch ``model`` (a base HF model, before PEFT wrapping) in place with Liger kernels.
+
+    Returns {"liger": bool, "applied": [...], "reason": str}. The loss head is not patched here: the fast
+    engine calls :func:`linear_cross_entropy` itself.
+    """
+    if not torch.cuda.is_available():
+        return {"liger": False, "applied": [], "reason": "no CUDA (Liger kernels are Triton/CUDA only)"}
+    if importlib.util.find_spec("liger_kernel") is None:
+        return {"liger": False, "applied": [], "reason": "liger-kernel not installed (pip install '.[gpu]')"}
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rms_norm=rms_norm, rope=rope, swiglu=swiglu,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)
+    applied = [k for k, v in (("rms_norm", rms_norm), ("rope", rope), ("swiglu", swiglu)) if v]
+    return {"liger": True, "applied": applied, "reason": ""}
+
+
+def _select_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift (position t predicts label t+1) and keep only positions with a real target."""
+    h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
+    y = labels[..., 1:].reshape(-1)
+    keep = y != IGNORE
+    return h[keep], y[keep]
+
+
+def _chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy((h @ w.t()).float(), y, reduction="sum")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                         use_liger: bool | None = None, chunk_tokens: int = 4096) -> tuple[torch.Tensor, int]:
+    """(mean loss over targets, number of targets) for hidden [B,T,H], lm_head weight [V,H], labels [B,T].
+
+    ``use_liger``: None = Liger when available; True forces it (error if unavailable); False = chunked torch.
+    """
+    h, y = _select_targets(hidden, labels)
+    n = int(y.numel())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    if use_liger is None:
+        use_liger = liger_available() and hidden.is_cuda
+    if use_liger:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss(reduction="mean")(weight, h.contiguous(), y), n
+    from torch.utils.checkpoint import checkpoint
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, n, chunk_tokens):
+        hs, ys = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
+        if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_chunk_loss_sum, hs, weight, ys, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(hs, weight, ys)
+    return total / n, n

@@ -203,34 +203,43 @@ def train_fast(model, tokenizer, tokenized_examples: list[dict], cfg_like: Any, 
         set_gc(gc_mode == "on")
         gc_on = gc_mode == "on"
     else:
-        micro, gc_on = None, False
-        gc_options = {"off": [False], "on": [True], "auto": [False, True]}[gc_mode]
-        for gc_try in gc_options:
+        # for each checkpointing option: the largest micro-batch that fits; then, if both fit, the faster
+        # one wins (timed on one forward+backward each): under a tight memory budget checkpointing with a
+        # big micro-batch often beats no checkpointing with a tiny one
+        fits = []
+        for gc_try in {"off": [False], "on": [True], "auto": [False, True]}[gc_mode]:
             set_gc(gc_try)
             cand = min(fc.max_micro_rows, rows_per_step, len(rows))
             cand = 2 ** int(math.log2(max(1, cand)))
             while cand >= 1:
                 if device != "cuda":
-                    micro = cand
                     break
                 try:
-                    loss, _ = _forward_loss(pm, collate_rows(rows[:cand], fc.max_length, pad_id), device, use_liger,
-                                            autocast)
-                    loss.backward()
-                    pm.zero_grad(set_to_none=True)
-                    del loss
-                    micro = cand
+                    b = collate_rows(rows[:cand], fc.max_length, pad_id)
+                    for rep in range(2):  # second pass timed (first = warm-up / fit check)
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        loss, _ = _forward_loss(pm, b, device, use_liger, autocast)
+                        loss.backward()
+                        del loss
+                        pm.zero_grad(set_to_none=True)
+                        torch.cuda.synchronize()
+                    fits.append((b["n_real"] / (time.perf_counter() - t0), cand, gc_try))
                     break
                 except torch.OutOfMemoryError:
                     pm.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
                     cand //= 2
-            if micro:
-                gc_on = gc_try
+            if device != "cuda":
+                fits.append((0.0, max(1, cand), gc_try))
                 break
-        if not micro:
+            if fits and cand >= min(fc.max_micro_rows, rows_per_step):
+                break  # the full step fits without checkpointing: nothing to gain from trying it
+        if not fits:
             raise RuntimeError("even one row of max_length tokens does not fit in memory with checkpointing; "
-                               "lower max_length")
+                               "lower max_length or raise memory_budget_gib")
+        _, micro, gc_on = max(fits)
+        set_gc(gc_on)
     accum = max(1, rows_per_step // micro)
     rows_per_step = accum * micro
     steps_per_epoch = max(1, len(rows) // rows_per_step)

@@ -95,8 +95,8 @@ def pack_examples(examples: list[dict], row_tokens: int, *, shuffle_seed: int | 
     for k in order:
         ids, labels = items[k]
         n = len(ids)
-        # first fit; rows are few (n_tokens / row_tokens), a linear scan from the newest rows is fast enough
-        for r in range(max(0, len(rows) - 64), len(rows)):
+        # first fit over all rows (rows are few: n_tokens / row_tokens)
+        for r in range(len(rows)):
             if free[r] >= n:
                 rows[r].add(ids, labels)
                 free[r] -= n

@@ -16,7 +16,7 @@ def test_train_fast_cpu_first_loss_matches_plain(tmp_path):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
     rng = random.Random(0)
     exs = []
-    for _ in range(12):
+    for _ in range(16):
         ids = [rng.randrange(1, 97) for _ in range(rng.randint(4, 30))]
         exs.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
     plain = LlamaForCausalLM.from_pretrained(tmp_path / "m")
@@ -28,7 +28,11 @@ def test_train_fast_cpu_first_loss_matches_plain(tmp_path):
             n += k
     ref = tot / n
     for packing in (True, False):
-        fc = FastConfig(max_length=32, tokens_per_step=32 * 12, max_steps=2, packing=packing, quantize="none")
+        # the first optimizer step covers every example exactly once: packed = all in one 512-token row,
+        # unpacked = 16 rows of 32 in one micro-batch
+        L = 512 if packing else 32
+        fc = FastConfig(max_length=L, tokens_per_step=L if packing else 32 * 16, max_steps=2, packing=packing,
+                        quantize="none")
         m = train_fast(str(tmp_path / "m"), None, exs, fc, tmp_path / f"out{packing}")
         assert abs(m["losses"][0] - ref) / ref < 1e-4, (packing, m["losses"][0], ref)
         assert (tmp_path / f"out{packing}" / "adapter" / "adapter_config.json").exists()

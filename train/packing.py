@@ -47,14 +47,16 @@ class PackedRow:
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
     cu_seqlens: list[int] = field(default_factory=lambda: [0])
+    sources: list[int] = field(default_factory=list)  # index (in the packed list) of each example, in order
 
-    def add(self, ids: list[int], labels: list[int]) -> None:
+    def add(self, ids: list[int], labels: list[int], source: int = -1) -> None:
         self.input_ids.extend(ids)
         lab = list(labels)
         lab[0] = IGNORE  # never predicted in the unpacked case either (shifted loss)
         self.labels.extend(lab)
         self.position_ids.extend(range(len(ids)))
         self.cu_seqlens.append(len(self.input_ids))
+        self.sources.append(source)
 
 
 def _check(i: int, ex: dict) -> tuple[list[int], list[int]]:
@@ -98,12 +100,12 @@ def pack_examples(examples: list[dict], row_tokens: int, *, shuffle_seed: int | 
         # first fit over all rows (rows are few: n_tokens / row_tokens)
         for r in range(len(rows)):
             if free[r] >= n:
-                rows[r].add(ids, labels)
+                rows[r].add(ids, labels, k)
                 free[r] -= n
                 break
         else:
             row = PackedRow()
-            row.add(ids, labels)
+            row.add(ids, labels, k)
             rows.append(row)
             free.append(row_tokens - n)
     for row in rows:

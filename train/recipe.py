@@ -114,6 +114,111 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def load_base(model_path, quant: str, cuda: bool):
+    """The frozen base: NF4 + double quant + bf16 compute on CUDA (QLoRA), bf16 on CUDA without quantization,
+    fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if quant == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["dtype"] = torch.bfloat16
+        kw["device_map"] = {"": 0}
+    else:
+        kw["dtype"] = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
+    if cuda and quant != "nf4":
+        model = model.cuda()
+    return model
+
+
+def lora_config(cfg: TrainConfig, model):
+    """LoRA over cfg.lora_targets, optionally only in the top cfg.lora_layers layers."""
+    import torch
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    layer_kw: dict[str, Any] = {}
+    if cfg.lora_layers:
+        n_layers = model.config.num_hidden_layers
+        if cfg.lora_layers > n_layers:
+            raise TrainError(f"lora_layers={cfg.lora_layers} but the model has {n_layers} layers")
+        if targets == "all-linear":  # PEFT needs explicit names with layers_to_transform
+            targets = sorted({n.split(".")[-1] for n, mod in model.named_modules()
+                              if ".layers." in n and (isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Linear4bit")})
+        layer_kw["layers_to_transform"] = list(range(n_layers - cfg.lora_layers, n_layers))
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", **layer_kw)
+
+
+def _train_trl(cfg: TrainConfig, model, tok, ds, peft_cfg, run_dir: Path, resume, cuda: bool, log_metrics) -> dict:
+    """The reference engine: TRL SFTTrainer with assistant_only_loss."""
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    sft = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        assistant_only_loss=True,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=cuda,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        include_num_input_tokens_seen=True,
+    )
+
+    class MetricsLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.t_last = time.time()
+            self.tok_last = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kw2):
+            if not logs or not state.is_world_process_zero:
+                return
+            now = time.time()
+            rec = {"step": state.global_step, "epoch": state.epoch, **logs}
+            ntok = logs.get("num_tokens")
+            if ntok is not None:
+                rec["tokens_per_s"] = (ntok - self.tok_last) / max(now - self.t_last, 1e-9)
+                self.tok_last = ntok
+            self.t_last = now
+            log_metrics(rec)
+
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
+                         callbacks=[MetricsLog()])
+    ckpt = last_checkpoint(run_dir) if resume is not None else None
+    if resume is not None:
+        log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    trainer.model.save_pretrained(run_dir / "adapter")
+    st = trainer.state
+    return {"steps": st.global_step, "max_steps": st.max_steps, "epochs": st.epoch,
+            "tokens_seen": int(st.num_input_tokens_seen or 0) or int(next((m.get("num_tokens") for m in reversed(st.log_history) if "num_tokens" in m), 0)),
+            "train_loss": result.training_loss, "train_seconds": round(time.time() - t0, 1),
+            "engine": {"name": "trl", "trl_version": _versions()["trl"]}}
+
+
 def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume: Path | None = None) -> Path:
     t0 = time.time()
     import torch
@@ -123,9 +228,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     snap_dir, snap_manifest, train_rows, held_ids = load_snapshot(snapshot, workspace)
     ds = build_dataset(train_rows, held_ids)
 
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoTokenizer
 
     from curate.models import materialize_chat_model
 
@@ -161,89 +264,46 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    kw: dict[str, Any] = {}
-    if quant == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
-        kw["dtype"] = torch.bfloat16
-    else:
-        kw["dtype"] = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
-
-    targets: Any = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    layer_kw: dict[str, Any] = {}
-    if cfg.lora_layers:
-        n_layers = model.config.num_hidden_layers
-        if cfg.lora_layers > n_layers:
-            raise TrainError(f"lora_layers={cfg.lora_layers} but the model has {n_layers} layers")
-        if targets == "all-linear":  # PEFT needs explicit names with layers_to_transform
-            targets = sorted({n.split(".")[-1] for n, mod in model.named_modules()
-                              if isinstance(mod, torch.nn.Linear) and ".layers." in n})
-        layer_kw["layers_to_transform"] = list(range(n_layers - cfg.lora_layers, n_layers))
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM", **layer_kw)
-    sft = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        assistant_only_loss=True,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        bf16=cuda,
-        use_cpu=not cuda,
-        gradient_checkpointing=cuda,
-        dataloader_num_workers=0,
-        dataset_num_proc=None,
-        include_num_input_tokens_seen=True,
-    )
+    torch.manual_seed(cfg.seed)  # LoRA init
+    model = load_base(model_path, quant, cuda)
+    peft_cfg = lora_config(cfg, model)
     metrics_path = run_dir / "metrics.jsonl"
 
-    class MetricsLog(TrainerCallback):
-        def __init__(self) -> None:
-            self.t_last = time.time()
-            self.tok_last = 0.0
+    def log_metrics(rec: dict) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **rec}) + "\n")
 
-        def on_log(self, args, state, control, logs=None, **kw2):
-            if not logs or not state.is_world_process_zero:
-                return
-            now = time.time()
-            rec = {"step": state.global_step, "epoch": state.epoch, "time": now, **logs}
-            ntok = logs.get("num_tokens")
-            if ntok is not None:
-                rec["tokens_per_s"] = (ntok - self.tok_last) / max(now - self.t_last, 1e-9)
-                self.tok_last = ntok
-            self.t_last = now
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+    if cfg.engine == "fast":
+        from peft import get_peft_model
 
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
-                         callbacks=[MetricsLog()])
-    ckpt = last_checkpoint(run_dir) if resume is not None else None
-    if resume is not None:
-        log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        from .data import tokenize_rows
+        from .engine import train_engine
 
-    adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
+        ts = tokenize_rows(tok, train_rows, train_tpl, cfg.max_length)
+        if set(ts.ids) & held_ids:
+            raise TrainError("held-out records in the tokenized train set")  # build_dataset checked; belt and braces
+        if ts.dropped_no_target:
+            log(f"warning: {len(ts.dropped_no_target)} example(s) have no assistant token within max_length="
+                f"{cfg.max_length} and are not trained on (listed in manifest.json → data.dropped_ids)")
+        if not ts.examples:
+            raise TrainError("no trainable example: every assistant turn lies beyond max_length")
+        log(f"data: {len(ts.examples)} examples, {ts.tokens} tokens ({ts.target_tokens} trained), "
+            f"{ts.truncated} truncated at max_length={cfg.max_length}")
+        model.config.use_cache = False
+        pm = get_peft_model(model, peft_cfg)
+        ckpt = last_checkpoint(run_dir) if resume is not None else None
+        if resume is not None:
+            log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
+        summary = train_engine(cfg, pm, tok, ts.examples, run_dir, device="cuda" if cuda else "cpu", quant=quant,
+                               resume_ckpt=ckpt, log_metrics=log_metrics)
+        summary["data"] = ts.summary()
+        pm.save_pretrained(run_dir / "adapter")
+    else:
+        summary = _train_trl(cfg, model, tok, ds, peft_cfg, run_dir, resume, cuda, log_metrics)
     tok.save_pretrained(run_dir)
     (run_dir / "chat_template.jinja").write_text(train_tpl)
     if metrics_path.exists():
         _plot_loss(metrics_path, run_dir / "loss.png")
-    st = trainer.state
     manifest = {
         "snapshot": {"name": snapshot, "path": str(snap_dir.resolve()), "workspace": str(Path(workspace).resolve()) if workspace else None,
                      "files": snap_manifest["files"], "train_rows": len(train_rows), "heldout_rows": len(held_ids)},
@@ -253,11 +313,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         "device": "cuda" if cuda else "cpu",
         "versions": _versions(),
         "hardware": _hardware(),
-        "steps": st.global_step,
-        "max_steps": st.max_steps,
-        "epochs": st.epoch,
-        "tokens_seen": int(st.num_input_tokens_seen or 0) or int(next((m.get("num_tokens") for m in reversed(st.log_history) if "num_tokens" in m), 0)),
-        "train_loss": result.training_loss,
+        **summary,
         "wall_time_s": round(time.time() - t0, 1),
         "resumed": resume is not None,
         "chat_template": "chat_template.jinja",

@@ -1,0 +1,59 @@
+"""Snapshot rows → token ids and labels, with the loss on assistant tokens only.
+
+The mask comes from the ``{% generation %}`` markers of the training template
+(:mod:`train.template`) through ``apply_chat_template(return_assistant_tokens_mask=True)``,
+the same mechanism TRL's ``assistant_only_loss`` uses. Labels are the token id
+where the template marks an assistant span and -100 everywhere else (system,
+user, role headers). Both engines (``fast`` and ``trl``) see exactly these spans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+IGNORE = -100
+
+
+def tokenize_example(tokenizer, messages: Sequence[dict[str, Any]], template: str, max_length: int) -> dict:
+    """{"input_ids", "labels", "truncated"} for one conversation, truncated to ``max_length`` tokens."""
+    out = tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids = list(out["input_ids"])
+    mask = list(out["assistant_masks"])
+    labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+    truncated = len(ids) > max_length
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+
+
+@dataclass
+class TokenizedSet:
+    """The train split as the engine sees it, and what tokenization did to it (for the manifest)."""
+
+    examples: list[dict] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    truncated: int = 0
+    dropped_no_target: list[str] = field(default_factory=list)  # ids whose assistant tokens were all cut off
+    tokens: int = 0
+    target_tokens: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"examples": len(self.examples), "tokens": self.tokens, "target_tokens": self.target_tokens,
+                "truncated": self.truncated, "dropped_no_target": len(self.dropped_no_target),
+                "dropped_ids": self.dropped_no_target[:20]}
+
+
+def tokenize_rows(tokenizer, rows: Sequence[dict[str, Any]], template: str, max_length: int) -> TokenizedSet:
+    """Tokenize snapshot rows. Examples with no trained token left after truncation are not trainable:
+    they are listed (never silently lost) and left out of the set."""
+    ts = TokenizedSet()
+    for r in rows:
+        ex = tokenize_example(tokenizer, r["messages"], template, max_length)
+        ts.truncated += ex["truncated"]
+        if all(x == IGNORE for x in ex["labels"][1:]):
+            ts.dropped_no_target.append(r["id"])
+            continue
+        ts.examples.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
+        ts.ids.append(r["id"])
+        ts.tokens += len(ex["input_ids"])
+        ts.target_tokens += sum(x != IGNORE for x in ex["labels"][1:])
+    return ts

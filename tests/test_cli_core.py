@@ -30,7 +30,7 @@ def test_done_when_flow(tmp_path, capsys):
     assert rc == 0 and t["rejected"] == 0
     assert t["read"] == t["added"] + t["already_present"] + t["rejected"] + t["chunks_added"] + t["chunks_present"]
     rc, st = run(capsys, "stats", "--workspace", ws, "--json")
-    assert st["records"] == t["added"] == 616 + 18 and st["occurrences_beyond_first"] == t["already_present"]
+    assert st["records"] == t["added"] == 770 + 18 and st["occurrences_beyond_first"] == t["already_present"]
     for key in ("by_status", "by_split", "by_origin", "by_source_kind"):
         assert sum(st[key].values()) == st["records"], key
     assert st["chunks"] == t["chunks_added"] == 55

@@ -192,11 +192,8 @@ def verify_dir(d: Path, expected_manifest_sha: str | None = None) -> list[str]:
         if got != want:
             problems.append(f"{f} sha256 {got[:12]}… does not match the manifest's {str(want)[:12]}…")
     if not problems:
-        import polars as pl
-
         for f in FILES:
-            st = pl.read_parquet(d / f, columns=["status"])["status"]
-            bad = int((st != "approved").sum())
+            bad = sum(r["status"] != "approved" for r in read_rows(d / f, columns=["status"]))
             if bad:
                 problems.append(f"{f} holds {bad} record(s) that are not approved")
     return problems
@@ -210,10 +207,20 @@ def verify(store: Store, name: str) -> list[str]:
     return verify_dir(d, reg.get("manifest_sha256"))
 
 
+def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a snapshot parquet file as dicts: polars when installed, else pyarrow (training machines,
+    e.g. a GPU image, often have pyarrow but not polars)."""
+    try:
+        import polars as pl
+    except ImportError:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=columns).to_pylist()
+    return pl.read_parquet(path, columns=columns).to_dicts()
+
+
 def load(store_or_dir: Store | Path, name: str | None = None, split: str = "train") -> list[dict[str, Any]]:
     """Verified rows of one split (``messages`` as a list of dicts)."""
-    import polars as pl
-
     if isinstance(store_or_dir, Store):
         problems = verify(store_or_dir, name)
         d = snapshots_dir(store_or_dir) / name
@@ -222,7 +229,7 @@ def load(store_or_dir: Store | Path, name: str | None = None, split: str = "trai
         problems = verify_dir(d)
     if problems:
         raise SnapshotError(f"snapshot {d.name} failed verification: " + "; ".join(problems))
-    return pl.read_parquet(d / f"{split}.parquet").to_dicts()
+    return read_rows(d / f"{split}.parquet")
 
 
 def diff(store: Store, a: str, b: str) -> dict[str, Any]:

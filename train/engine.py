@@ -49,14 +49,29 @@ def _body_head(pm):
     return body, base.lm_head
 
 
+def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
+    """transformers' causal mask for packed position ids, across the 4.5x and 5.x signatures."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+
+    params = inspect.signature(create_causal_mask).parameters
+    kw = {"config": config, "attention_mask": None, "position_ids": pos}
+    kw["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
+    if "cache" in params:
+        kw["cache"] = None
+    if "past_key_values" in params:
+        kw["past_key_values"] = None
+    if "cache_position" in params:
+        kw["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
+    return create_causal_mask(**kw)
+
+
 def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, *, final_norm: bool,
                checkpoint_layers: bool = False) -> torch.Tensor:
     """Decoder layers ``lo:hi`` of ``body`` on ``hidden`` [B,T,H] with packed position ids (no attention
     across examples: transformers builds the block-diagonal mask from the restarting position ids)."""
-    from transformers.masking_utils import create_causal_mask
-
-    mask = create_causal_mask(config=body.config, inputs_embeds=hidden, attention_mask=None, cache=None,
-                              position_ids=pos)
+    mask = _causal_mask(body.config, hidden, pos)
     pe = body.rotary_emb(hidden, position_ids=pos)
     for layer in body.layers[lo:hi]:
         if checkpoint_layers and torch.is_grad_enabled():

@@ -1,12 +1,14 @@
 """The training recipe: verified snapshot → (Q)LoRA adapter run folder.
 
-One code path for CPU and CUDA (TRL ``SFTTrainer`` + PEFT): on CUDA the base is
-loaded in 4-bit NF4 with double quantisation and bf16 compute (QLoRA); on CPU
-bitsandbytes' NF4 is slower than plain LoRA, so the base stays fp32 and a
-one-line notice says so. Loss is on assistant tokens only (TRL
-``assistant_only_loss`` with the generation-marked template from
-:mod:`train.template`). Only the snapshot's ``train`` split is read; the
-held-out ids are loaded solely to assert they never enter the dataset.
+One recipe for CPU and CUDA: on CUDA the base is loaded in 4-bit NF4 with double quantisation and bf16
+compute (QLoRA); on CPU bitsandbytes' NF4 is slower than plain LoRA, so the base stays fp32 and a one-line
+notice says so. Loss is on assistant tokens only, from the generation-marked template of
+:mod:`train.template` (checked by its preflight). Only the snapshot's ``train`` split is read; the held-out
+ids are loaded solely to assert they never enter the data.
+
+Two engines share everything above (data, masks, LoRA config, optimizer, schedule, run folder):
+``fast`` (default, :mod:`train.engine`: packing, target-only loss head, frozen-prefix cache, Liger on CUDA)
+and ``trl`` (TRL ``SFTTrainer`` with ``assistant_only_loss``, the reference). See docs/train.md.
 """
 from __future__ import annotations
 
@@ -52,13 +54,18 @@ def load_snapshot(name: str, workspace: str | None) -> tuple[Path, dict, list[di
     return d, manifest, train_rows, held_ids
 
 
-def build_dataset(train_rows: list[dict], held_ids: set[str]):
-    """The only data the trainer sees: train-split messages. Asserts held-out isolation."""
-    import datasets
-
+def check_isolation(train_rows: list[dict], held_ids: set[str]) -> None:
+    """Held-out isolation: no row of the training data is held out (by id or by its split field)."""
     leaked = [r["id"] for r in train_rows if r["id"] in held_ids or r.get("split") != "train"]
     if leaked:
         raise TrainError(f"{len(leaked)} held-out record(s) would enter training: {leaked[:3]}")
+
+
+def build_dataset(train_rows: list[dict], held_ids: set[str]):
+    """The TRL engine's data: train-split messages only. Asserts held-out isolation."""
+    import datasets
+
+    check_isolation(train_rows, held_ids)
     ds = datasets.Dataset.from_list([{"messages": [dict(m) for m in r["messages"]], "id": r["id"]} for r in train_rows])
     assert not (set(ds["id"]) & held_ids), "held-out ids in the train dataset"
     return ds.remove_columns(["id"])
@@ -226,7 +233,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     snap_dir, snap_manifest, train_rows, held_ids = load_snapshot(snapshot, workspace)
-    ds = build_dataset(train_rows, held_ids)
+    check_isolation(train_rows, held_ids)
 
     from transformers import AutoTokenizer
 
@@ -290,6 +297,11 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         log(f"data: {len(ts.examples)} examples, {ts.tokens} tokens ({ts.target_tokens} trained), "
             f"{ts.truncated} truncated at max_length={cfg.max_length}")
         model.config.use_cache = False
+        if cuda:
+            from .kernels import apply_liger, liger_available
+
+            if liger_available():
+                log(f"liger kernels: {apply_liger(model)}")
         pm = get_peft_model(model, peft_cfg)
         ckpt = last_checkpoint(run_dir) if resume is not None else None
         if resume is not None:
@@ -299,7 +311,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         summary["data"] = ts.summary()
         pm.save_pretrained(run_dir / "adapter")
     else:
-        summary = _train_trl(cfg, model, tok, ds, peft_cfg, run_dir, resume, cuda, log_metrics)
+        summary = _train_trl(cfg, model, tok, build_dataset(train_rows, held_ids), peft_cfg, run_dir, resume, cuda, log_metrics)
     tok.save_pretrained(run_dir)
     (run_dir / "chat_template.jinja").write_text(train_tpl)
     if metrics_path.exists():
@@ -314,6 +326,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         "versions": _versions(),
         "hardware": _hardware(),
         **summary,
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
         "wall_time_s": round(time.time() - t0, 1),
         "resumed": resume is not None,
         "chat_template": "chat_template.jinja",

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,11 +27,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: $WORKBENCH_HOME or data/workspace)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file whose top-level keys are config fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (same steps in the end)")
+    p.add_argument("--num-processes", "--num_processes", type=int, default=1, metavar="N",
+                   help="shortcut for `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
+                        "-m train ...`: N processes (one per GPU; gloo on CPU), batch_size is per process")
     g = p.add_argument_group("training config (every field; --key value or --key-name value)")
     for name, default, help_ in field_help():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         g.add_argument(*flags, dest=f"cfg_{name}", default=None, metavar="V", help=f"{help_} (default: {default!r})")
     return p
+
+
+DDP_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "accelerate" / "ddp.yaml"
+
+
+def _relaunch(argv: list[str], n: int) -> int:
+    """Re-run this command under `accelerate launch` with N processes (without the --num-processes flag)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--num-processes", "--num_processes"):
+            skip = True
+            continue
+        if a.startswith(("--num-processes=", "--num_processes=")):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+           "--num_processes", str(n), "-m", "train", *rest]
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _relaunch(argv, args.num_processes)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
         from .recipe import TrainError, train

@@ -150,9 +150,24 @@ def _save_checkpoint(pm, opt, sched, step: int, extra: dict, ck_dir: Path, keep:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
-                 resume_ckpt: Path | None, log_metrics: Callable[[dict], None]) -> dict[str, Any]:
-    """Train the PEFT model ``pm`` in place on ``examples``; returns the run summary for the manifest."""
+                 resume_ckpt: Path | None, log_metrics: Callable[[dict], None], rank: int = 0,
+                 world: int = 1) -> dict[str, Any]:
+    """Train the PEFT model ``pm`` in place on ``examples``; returns the run summary for the manifest.
+
+    Several processes (``world`` > 1, a joined process group): ``batch_size`` is per process, so a step's
+    global batch is ``batch_size × grad_accum × world``. Every rank draws the same global batch, trains on its
+    slice ``[rank::world]``, scales its loss by the global target count and all-reduces (sums) the LoRA
+    gradients: the update is exactly the single-process update on the global batch. Rank 0 logs and writes
+    checkpoints; every rank reads them on ``--resume``.
+    """
     from tqdm import tqdm
     from transformers import get_scheduler
 
@@ -171,7 +186,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         if need <= CACHE_BUDGET_BYTES:
             prefix = PrefixCache(body, examples, k, cfg.max_length, device,
                                  torch.bfloat16 if cuda else torch.float32, autocast)
-    per_step = cfg.batch_size * cfg.grad_accum
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    n_tgt = [sum(y != -100 for y in e["labels"][1:]) for e in examples]
     spe = max(1, math.ceil(len(examples) / per_step))
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(spe * cfg.epochs))
     trainable = [p for p in pm.parameters() if p.requires_grad]
@@ -196,19 +212,20 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
     losses: list[float] = []
     pad_id = tok.pad_token_id or 0
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
     t_train = time.time()
     step = start
     for step in range(start + 1, total + 1):
         e, j = divmod(step - 1, spe)
         order = epoch_order(len(examples), cfg.seed, e)
-        idx = order[j * per_step:(j + 1) * per_step]
-        rows, members = _pack_step(examples, idx, cfg.max_length)
-        n_targets = sum(sum(x != -100 for x in r.labels) for r in rows) or 1
+        idx_global = order[j * per_step:(j + 1) * per_step]
+        n_targets = sum(n_tgt[i] for i in idx_global) or 1
+        idx = idx_global[rank::world]
+        rows, members = _pack_step(examples, idx, cfg.max_length) if idx else ([], [])
         while True:
             try:
                 step_loss = 0.0
-                m = micro_rows or len(rows)
+                m = micro_rows or len(rows) or 1
                 for s in range(0, len(rows), m):
                     b = collate_rows(rows[s:s + m], cfg.max_length, pad_id)
                     pos = b["position_ids"].to(device)
@@ -231,7 +248,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-                m = micro_rows or len(rows)
+                m = micro_rows or len(rows) or 1
                 if m > 1:
                     micro_rows = m // 2
                 elif not checkpoint_layers:
@@ -241,11 +258,22 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                                        "activation checkpointing; lower max_length") from None
                 print(f"notice: out of memory — retrying with {micro_rows or 1} row(s) per micro-batch"
                       f"{' and activation checkpointing' if checkpoint_layers else ''}", file=sys.stderr)
+        real = sum(len(r.input_ids) for r in rows)
+        if world > 1:
+            for p in trainable:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            flat = _all_reduce_(torch.cat([p.grad.reshape(-1) for p in trainable]))
+            o = 0
+            for p in trainable:
+                p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
+                o += p.numel()
+            stats = _all_reduce_(torch.tensor([step_loss, float(real)], dtype=torch.float64, device=flat.device))
+            step_loss, real = float(stats[0]), int(stats[1])
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        real = sum(len(r.input_ids) for r in rows)
         seen_tokens += real
         tok_win += real
         window_loss += step_loss
@@ -260,12 +288,12 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             log_metrics(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:.0f}")
             window_loss, window_n, t_win, tok_win = 0.0, 0, now, 0
-        if step % cfg.save_steps == 0 and step < total:
+        if step % cfg.save_steps == 0 and step < total and rank == 0:
             _save_checkpoint(pm, opt, sched, step, {"num_tokens": seen_tokens}, ck_dir)
     bar.close()
     return {"steps": total, "max_steps": total, "epochs": total / spe, "tokens_seen": seen_tokens,
             "train_loss": sum(losses) / len(losses) if losses else ckpt_extra.get("train_loss"),
             "train_seconds": round(time.time() - t_train, 1),
-            "engine": {"name": "fast", "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
+            "engine": {"name": "fast", "world_size": world, "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
                        "liger": use_liger, "micro_rows": micro_rows, "activation_checkpointing": checkpoint_layers,
                        "quantization": quant}}

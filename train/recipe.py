@@ -31,8 +31,51 @@ class TrainError(RuntimeError):
     pass
 
 
+RANK = 0  # process rank under `accelerate launch` / torchrun (0 when single-process)
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if RANK == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def init_distributed(cuda: bool) -> tuple[int, int, int]:
+    """(rank, world size, local rank). Under `accelerate launch` (or torchrun) WORLD_SIZE > 1: join the process
+    group (NCCL on CUDA, gloo on CPU). Every rank runs the same recipe; only rank 0 writes the run folder."""
+    global RANK
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise TrainError("FSDP is not run by this recipe yet: use the DDP config (configs/accelerate/ddp.yaml); "
+                         "see docs/train.md 'Several GPUs'")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    RANK = dist.get_rank()
+    return RANK, dist.get_world_size(), local
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def load_snapshot(name: str, workspace: str | None) -> tuple[Path, dict, list[dict], set[str]]:
@@ -121,7 +164,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
-def load_base(model_path, quant: str, cuda: bool):
+def load_base(model_path, quant: str, cuda: bool, local_rank: int = 0):
     """The frozen base: NF4 + double quant + bf16 compute on CUDA (QLoRA), bf16 on CUDA without quantization,
     fp32 on CPU."""
     import torch
@@ -134,12 +177,12 @@ def load_base(model_path, quant: str, cuda: bool):
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
         kw["dtype"] = torch.bfloat16
-        kw["device_map"] = {"": 0}
+        kw["device_map"] = {"": local_rank}
     else:
         kw["dtype"] = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
     if cuda and quant != "nf4":
-        model = model.cuda()
+        model = model.cuda(local_rank)
     return model
 
 
@@ -240,6 +283,9 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     from curate.models import materialize_chat_model
 
     cuda = torch.cuda.is_available()
+    rank, world, local_rank = init_distributed(cuda)
+    if world > 1 and cfg.engine == "trl":
+        raise TrainError("multi-process training runs on the fast engine (the default); drop --engine trl")
     quant = cfg.quantization
     if quant == "auto":
         quant = "nf4" if cuda else "none"
@@ -252,11 +298,14 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     if resume is not None:
         run_dir = Path(resume)
     else:
-        run_dir = Path(cfg.output_dir or f"runs/{snapshot}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        run_dir = Path(_broadcast(cfg.output_dir or f"runs/{snapshot}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        busy = run_dir.exists() and any(run_dir.iterdir())
+        _barrier()  # every rank has looked before rank 0 writes
+        if busy:
             raise TrainError(f"run folder {run_dir} exists and is not empty; use --resume {run_dir} or another --output-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"snapshot": snapshot, "workspace": workspace, "config": cfg.to_dict()}, indent=2))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({"snapshot": snapshot, "workspace": workspace, "config": cfg.to_dict()}, indent=2))
 
     model_path = materialize_chat_model(cfg.base_model)
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -272,11 +321,13 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         tok.pad_token = tok.eos_token
 
     torch.manual_seed(cfg.seed)  # LoRA init
-    model = load_base(model_path, quant, cuda)
+    model = load_base(model_path, quant, cuda, local_rank)
     peft_cfg = lora_config(cfg, model)
     metrics_path = run_dir / "metrics.jsonl"
 
     def log_metrics(rec: dict) -> None:
+        if rank:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"time": time.time(), **rec}) + "\n")
 
@@ -307,11 +358,15 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         if resume is not None:
             log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
         summary = train_engine(cfg, pm, tok, ts.examples, run_dir, device="cuda" if cuda else "cpu", quant=quant,
-                               resume_ckpt=ckpt, log_metrics=log_metrics)
+                               resume_ckpt=ckpt, log_metrics=log_metrics, rank=rank, world=world)
         summary["data"] = ts.summary()
-        pm.save_pretrained(run_dir / "adapter")
+        if rank == 0:
+            pm.save_pretrained(run_dir / "adapter")
     else:
         summary = _train_trl(cfg, model, tok, build_dataset(train_rows, held_ids), peft_cfg, run_dir, resume, cuda, log_metrics)
+    if rank:
+        _barrier()
+        return run_dir
     tok.save_pretrained(run_dir)
     (run_dir / "chat_template.jinja").write_text(train_tpl)
     if metrics_path.exists():
@@ -326,6 +381,7 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         "versions": _versions(),
         "hardware": _hardware(),
         **summary,
+        "world_size": world,
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
         "wall_time_s": round(time.time() - t0, 1),
         "resumed": resume is not None,
@@ -333,4 +389,5 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         "adapter": "adapter",
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _barrier()
     return run_dir

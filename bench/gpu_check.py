@@ -78,6 +78,7 @@ def run_train(model: Path, out: Path, extra: list[str], steps: int, batch: int, 
     cmd = [sys.executable, "-m", "train", "--snapshot", "demo", "--workspace", str(GPU / "ws"), "--base_model",
            str(model), "--output_dir", str(out), "--max_steps", str(steps), "--batch_size", str(batch),
            "--max_length", "256", "--logging_steps", "5", "--save_steps", "1000", *extra]
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     log.write_text(" ".join(cmd) + "\n" + p.stdout + p.stderr)
@@ -92,7 +93,8 @@ def run_train(model: Path, out: Path, extra: list[str], steps: int, batch: int, 
             "real_tokens": real, "tokens_per_s": round(real / max(man["train_seconds"], 1e-9), 1),
             "peak_gib": man["peak_gpu_gib"], "quantization": man["quantization"], "device": man["device"],
             "engine": man["engine"], "data": man.get("data"), "steps": man["steps"],
-            "final_loss": [m["loss"] for m in mets if "loss" in m][-1], "preflight_has_marks": marked is not None,
+            "final_loss": ([m["loss"] for m in mets if "loss" in m] or [man.get("train_loss")])[-1],
+            "train_loss": man.get("train_loss"), "preflight_has_marks": marked is not None,
             "cuda_device": man["hardware"].get("cuda_device")}
 
 

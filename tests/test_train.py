@@ -253,3 +253,19 @@ def test_run_folder_must_be_new(store, workspace, tiny_model, tmp_path):
     (tmp_path / "busy" / "x").write_text("keep")
     with pytest.raises(TrainError, match="not empty"):
         _run_train(workspace, tiny_model, tmp_path / "busy", max_steps=1)
+
+
+def test_tokenized_set_cached_by_snapshot_hash(tok, tmp_path):
+    from train.data import cached_tokenize_rows
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+            for i in range(5)]
+    a, hit_a = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-1"], tmp_path)
+    b, hit_b = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-1"], tmp_path)
+    c, hit_c = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 63, ["sha-1"], tmp_path)
+    d, hit_d = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-2"], tmp_path)
+    assert (hit_a, hit_b, hit_c, hit_d) == (False, True, False, False)
+    assert a.examples == b.examples and a.ids == b.ids and len(list(tmp_path.glob("tok-*.pkl"))) == 3
+    next(tmp_path.glob("tok-*.pkl")).write_bytes(b"torn")  # a damaged cache file is rebuilt, not trusted
+    assert all(cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, m, [k], tmp_path)[0].examples
+               for m, k in ((64, "sha-1"), (63, "sha-1"), (64, "sha-2")))

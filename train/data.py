@@ -42,6 +42,39 @@ class TokenizedSet:
                 "dropped_ids": self.dropped_no_target[:20]}
 
 
+def cached_tokenize_rows(tokenizer, rows: Sequence[dict[str, Any]], template: str, max_length: int,
+                         key_parts: Sequence[str], cache_dir) -> tuple[TokenizedSet, bool]:
+    """:func:`tokenize_rows` with an on-disk cache keyed by ``key_parts`` (the snapshot's train-file sha256),
+    the tokenizer's vocabulary, the template and ``max_length``. Returns (set, came_from_cache)."""
+    import hashlib
+    import json
+    import os
+    import pickle
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for part in (*key_parts, template, str(max_length), str(len(tokenizer)),
+                 tokenizer.name_or_path):
+        h.update(str(part).encode() + b"\0")
+    h.update(hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).digest())
+    path = Path(cache_dir) / f"tok-{h.hexdigest()[:24]}.pkl"
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                ts = pickle.load(f)
+            if isinstance(ts, TokenizedSet) and len(ts.examples) + len(ts.dropped_no_target) == len(rows):
+                return ts, True
+        except Exception:  # a torn or foreign file: tokenize again and overwrite it
+            pass
+    ts = tokenize_rows(tokenizer, rows, template, max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(ts, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return ts, False
+
+
 def tokenize_rows(tokenizer, rows: Sequence[dict[str, Any]], template: str, max_length: int) -> TokenizedSet:
     """Tokenize snapshot rows. Examples with no trained token left after truncation are not trainable:
     they are listed (never silently lost) and left out of the set."""

@@ -334,10 +334,15 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     if cfg.engine == "fast":
         from peft import get_peft_model
 
-        from .data import tokenize_rows
+        from .data import cached_tokenize_rows
         from .engine import train_engine
 
-        ts = tokenize_rows(tok, train_rows, train_tpl, cfg.max_length)
+        from curate.models import cache_dir
+
+        ts, cached = cached_tokenize_rows(tok, train_rows, train_tpl, cfg.max_length,
+                                          [snap_manifest["files"]["train.parquet"]["sha256"]], cache_dir() / "tokenized")
+        if cached:
+            log("data: pre-tokenized set reused from the cache (same snapshot file, tokenizer, template, max_length)")
         if set(ts.ids) & held_ids:
             raise TrainError("held-out records in the tokenized train set")  # build_dataset checked; belt and braces
         if ts.dropped_no_target:

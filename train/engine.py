@@ -23,6 +23,7 @@ data order is a pure function of (seed, epoch).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -49,13 +50,20 @@ def _body_head(pm):
     return body, base.lm_head
 
 
-def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
-    """transformers' causal mask for packed position ids, across the 4.5x and 5.x signatures."""
+@functools.lru_cache(maxsize=1)
+def _mask_params() -> frozenset:
     import inspect
 
     from transformers.masking_utils import create_causal_mask
 
-    params = inspect.signature(create_causal_mask).parameters
+    return frozenset(inspect.signature(create_causal_mask).parameters)
+
+
+def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
+    """transformers' causal mask for packed position ids, across the 4.5x and 5.x signatures."""
+    from transformers.masking_utils import create_causal_mask
+
+    params = _mask_params()
     kw = {"config": config, "attention_mask": None, "position_ids": pos}
     kw["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
     if "cache" in params:

@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a LoRA adapter (4-bit NF4 QLoRA on CUDA, fp32 LoRA on CPU) on the train split of a "
                     "verified, approved snapshot; loss on assistant tokens only. Writes a run folder with the adapter, "
                     "tokenizer + chat template, manifest.json, metrics.jsonl and loss.png.\n\n"
-                    "Config precedence: defaults < --config FILE.toml < --key value flags.\n"
+                    "Engines: 'fast' (default; packing, target-only loss head, frozen-prefix cache with --lora_layers) "
+                    "or 'trl' (TRL SFTTrainer), same data and masks. Several processes: --num-processes N.\n"
+                    "Config precedence: defaults < --config FILE.toml < --key value flags. Guide: docs/train.md\n"
                     "Export a finished run: python -m train export --run RUN_DIR --format merged|gguf|ollama",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -180,6 +180,62 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     return m
 
 
+CLI = {  # python -m train's own engine (train/engine.py), called on the same data: examples per step
+    "cli_b8": 8,    # = TRL default's 8 examples per step
+    "cli_b32": 32,  # ~ the 8192 token slots per step of "ours"
+    "cli_b8_mem1.5x": 8,   # the same, GPU memory capped at 1.5x TRL default's peak (gpu_memory_gib)
+    "cli_b32_mem1.5x": 32,
+}
+
+
+def worker_cli(mode: str, shape: str, steps: int, warmup: int, device: str, mem_ref: float | None = None) -> dict:
+    """The engine behind `python -m train` (NF4 QLoRA, Liger, per-step packing into 1024-token rows,
+    target-only loss head), same LoRA r16 all-linear, same data, every token trained (as in TRL's run)."""
+    sys.path.insert(0, ROOT)
+    import types
+
+    import torch
+    from peft import get_peft_model
+
+    from train.config import TrainConfig
+    from train.engine import train_engine
+    from train.kernels import apply_liger, liger_available
+    from train.recipe import load_base, lora_config
+
+    cuda = device == "cuda"
+    cfg = TrainConfig(batch_size=CLI[mode], max_length=1024, max_steps=steps, learning_rate=2e-4, lora_dropout=0.05,
+                      logging_steps=1, save_steps=10**9, warmup_ratio=0.0, lr_scheduler="constant",
+                      gpu_memory_gib=1.5 * mem_ref if mode.endswith("mem1.5x") and mem_ref else 0.0)
+    if mode.endswith("mem1.5x") and not mem_ref:
+        raise RuntimeError("memory-matched run needs TRL default's peak (--mem-ref)")
+    data = make_data(SHAPES[shape]["vocab_size"])
+    exs = [{"input_ids": ids[:1024], "labels": ids[:1024]} for ids in data]
+    torch.manual_seed(0)
+    model = load_base(os.path.join(MODEL_DIR, shape), "nf4" if cuda else "none", cuda)
+    if cuda and liger_available():
+        apply_liger(model)
+    model.config.use_cache = False
+    pm = get_peft_model(model, lora_config(cfg, model))
+    recs: list[dict] = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as td:
+        summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, __import__("pathlib").Path(td),
+                     device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
+                     log_metrics=recs.append)
+    timed = recs[warmup:]
+    prev = recs[warmup - 1]["num_tokens"] if warmup else 0
+    toks = timed[-1]["num_tokens"] - prev
+    secs = sum((r["num_tokens"] - q) / r["tokens_per_s"] for r, q in
+               zip(timed, [prev] + [t["num_tokens"] for t in timed[:-1]]))
+    return {"tokens_per_s_real": toks / secs, "sec": secs,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": CLI[mode],
+            "gpu_memory_gib": cfg.gpu_memory_gib, "engine": summ["engine"]}
+
+
 def driver(args) -> dict:
     device = args.device
     shapes = args.shapes.split(",")
@@ -285,7 +341,8 @@ def main(argv=None) -> int:
         if a.worker == "trl":
             r = worker_trl(a.mode, a.shape, a.steps, a.warmup, a.device)
         else:
-            r = worker_ours(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref)
+            r = (worker_cli(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref) if a.mode in CLI
+                 else worker_ours(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref))
         print("RESULT " + json.dumps(r), flush=True)
         return 0
     if a.dry_run:

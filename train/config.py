@@ -41,6 +41,8 @@ class TrainConfig:
     seed: int = _f(42, "random seed (data order, LoRA init)")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
     quantization: str = _f("auto", "auto (NF4 QLoRA on CUDA, none on CPU) | nf4 | none")
+    gpu_memory_gib: float = _f(0.0, "fast engine on CUDA: cap GPU memory at this many GiB (0: the whole GPU). Over the "
+                                    "cap, activation checkpointing goes on first, then micro-batches are halved")
     save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
     logging_steps: int = _f(5, "log loss every N steps")
     output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")
@@ -64,6 +66,8 @@ class TrainConfig:
             errs.append(f"engine must be fast|trl (got {self.engine!r})")
         if self.lora_layers < 0:
             errs.append("lora_layers must be >= 0")
+        if self.gpu_memory_gib < 0:
+            errs.append("gpu_memory_gib must be >= 0")
         if self.threads < 0:
             errs.append("threads must be >= 0")
         if errs:

@@ -214,6 +214,9 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         start, ckpt_extra = st["step"], st["extra"]
         seen_tokens = ckpt_extra.get("num_tokens", 0)
     ck_dir = run_dir / "checkpoints"
+    if cuda and getattr(cfg, "gpu_memory_gib", 0):
+        total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
     pm.train()
     micro_rows: int | None = None  # None: all rows of a step at once; halved on CUDA OOM
     checkpoint_layers = False
@@ -230,42 +233,46 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         n_targets = sum(n_tgt[i] for i in idx_global) or 1
         idx = idx_global[rank::world]
         rows, members = _pack_step(examples, idx, cfg.max_length) if idx else ([], [])
+        def micro_step(rws, mbrs) -> float:
+            # its own frame: after an out-of-memory error every activation of the failed try is freed
+            b = collate_rows(rws, cfg.max_length, pad_id)
+            pos = b["position_ids"].to(device)
+            lab = b["labels"].to(device)
+            with autocast:
+                if prefix is not None:
+                    h = prefix.batch(mbrs, cfg.max_length, H, device)
+                else:
+                    ids = b["input_ids"].to(device)
+                    with torch.no_grad() if k > 0 else nullcontext():
+                        h = body.embed_tokens(ids)
+                        if k > 0:
+                            h = run_layers(body, h, pos, 0, k, final_norm=False)
+                h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=checkpoint_layers)
+                loss, n = linear_cross_entropy(h, head.weight, lab, use_liger=use_liger)
+            (loss * (n / n_targets)).backward()
+            return float(loss.detach()) * n / n_targets
+
         while True:
             try:
                 step_loss = 0.0
                 m = micro_rows or len(rows) or 1
                 for s in range(0, len(rows), m):
-                    b = collate_rows(rows[s:s + m], cfg.max_length, pad_id)
-                    pos = b["position_ids"].to(device)
-                    lab = b["labels"].to(device)
-                    with autocast:
-                        if prefix is not None:
-                            h = prefix.batch(members[s:s + m], cfg.max_length, H, device)
-                        else:
-                            ids = b["input_ids"].to(device)
-                            with torch.no_grad() if k > 0 else nullcontext():
-                                h = body.embed_tokens(ids)
-                                if k > 0:
-                                    h = run_layers(body, h, pos, 0, k, final_norm=False)
-                        h = run_layers(body, h, pos, k, n_layers, final_norm=True,
-                                       checkpoint_layers=checkpoint_layers)
-                        loss, n = linear_cross_entropy(h, head.weight, lab, use_liger=use_liger)
-                    (loss * (n / n_targets)).backward()
-                    step_loss += float(loss.detach()) * n / n_targets
+                    step_loss += micro_step(rows[s:s + m], members[s:s + m])
                 break
             except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 m = micro_rows or len(rows) or 1
-                if m > 1:
-                    micro_rows = m // 2
-                elif not checkpoint_layers:
+                if not checkpoint_layers:  # cheaper than smaller micro-batches (measured in bench/train_speed.py)
                     checkpoint_layers = True
+                elif m > 1:
+                    micro_rows = m // 2
                 else:
                     raise RuntimeError("one row of max_length tokens does not fit in GPU memory even with "
                                        "activation checkpointing; lower max_length") from None
-                print(f"notice: out of memory — retrying with {micro_rows or 1} row(s) per micro-batch"
-                      f"{' and activation checkpointing' if checkpoint_layers else ''}", file=sys.stderr)
+                if rank == 0:
+                    print(f"notice: out of GPU memory — retrying with activation checkpointing"
+                          f"{f' and {micro_rows} row(s) per micro-batch' if micro_rows else ''}", file=sys.stderr)
         real = sum(len(r.input_ids) for r in rows)
         if world > 1:
             for p in trainable:

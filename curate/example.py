@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -46,7 +46,7 @@ def clean_text(text: str) -> str:
     """Trim and collapse runs of blank lines / trailing spaces (content-preserving)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\ufeff" in text:
+    if not text.isascii() and "\ufeff" in text:
         text = text.replace("\ufeff", "")
     if "\n" not in text:  # fast path: one line
         return text.strip()
@@ -59,11 +59,11 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise MessageError("messages-not-empty-list", "messages must be a non-empty list of turns")
     out: list[dict[str, str]] = []
-    want = "user"  # the role the next non-system turn must have
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise MessageError("turn-is-object", f"expected an object with role/content, got {type(m).__name__}", i)
-        role, content = m.get("role"), m.get("content")
+        role = m.get("role")
+        content = m.get("content")
         if role not in _ROLE_SET:
             raise MessageError("known-role", f"role must be one of {ROLES}, got {role!r}", i)
         if content.__class__ is not str and not isinstance(content, str):
@@ -74,13 +74,14 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
         out.append({"role": role, "content": content})
     n = len(out)
     start = 1 if out[0]["role"] == "system" else 0
+    want = "user"  # the role the next non-system turn must have
     for idx in range(start, n):
         r = out[idx]["role"]
-        if r == "system":
-            raise MessageError("system-only-first", "a system turn may only be the first turn", idx)
         if r != want:
+            if r == "system":
+                raise MessageError("system-only-first", "a system turn may only be the first turn", idx)
             raise MessageError("roles-alternate", f"expected {want} after the previous turn, got {r}", idx)
-        want = "assistant" if want == "user" else "user"
+        want = "assistant" if r == "user" else "user"
     if start == n:
         raise MessageError("has-user-turn", "conversation has no user turn")
     if out[-1]["role"] != "assistant":
@@ -94,7 +95,7 @@ from json.encoder import encode_basestring as _json_str  # noqa: E402  (C: a JSO
 def content_id(messages: list[dict[str, str]]) -> str:
     """Stable id: sha256 of the canonical JSON of role + whitespace-normalized content."""
     # == json.dumps([[role, _WS.sub(" ", content).strip()], …], ensure_ascii=False, separators=(",", ":"))
-    blob = "[" + ",".join(f"[{_json_str(m['role'])},{_json_str(' '.join(m['content'].split()))}]" for m in messages) + "]"
+    blob = "[" + ",".join([f"[{_json_str(m['role'])},{_json_str(' '.join(m['content'].split()))}]" for m in messages]) + "]"
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
@@ -187,6 +188,33 @@ class Example:
         d = dict(d)
         src = d.pop("source")
         return cls(source=Source(**src) if isinstance(src, dict) else src, **d)
+
+
+_FAST_FIELDS = ("messages", "source", "group", "split", "origin", "signals", "label", "parent_id", "id", "status",
+                "created_at")
+assert tuple(f.name for f in fields(Example)) == _FAST_FIELDS, "update new_example() with Example's fields"
+
+
+def new_example(messages: list[dict[str, str]], source: Source, group: str = "", label: str | None = None,
+                signals: dict[str, Any] | None = None) -> Example:
+    """``Example(messages=…, source=…, group=…, label=…, signals=…)`` for a new human record, without
+    the dataclass machinery (ingestion builds one per input row). Same validation (the same
+    :class:`MessageError`), the same content-hash id and default group."""
+    if source.kind not in SOURCE_KINDS:
+        raise MessageError("known-source-kind", f"source kind must be one of {SOURCE_KINDS}, got {source.kind!r}")
+    ex = Example.__new__(Example)
+    ex.messages = msgs = validate_messages(messages)
+    ex.source = source
+    ex.group = group or "text:" + text_hash(normalize_for_group(msgs))
+    ex.split = ""
+    ex.origin = {"kind": "human"}
+    ex.signals = signals if signals is not None else {}
+    ex.label = label
+    ex.parent_id = None
+    ex.id = content_id(msgs)
+    ex.status = "pending"
+    ex.created_at = time.time()
+    return ex
 
 
 def normalize_for_group(messages: list[dict[str, str]]) -> str:

@@ -142,6 +142,23 @@ def _dumps(obj: Any, ensure_ascii: bool = False) -> str:
     return _ENCODER.encode(obj)
 
 
+from json.encoder import encode_basestring as _json_str  # noqa: E402  (C: a JSON string literal, non-ASCII kept)
+
+
+def _messages_json(messages: list[dict[str, str]]) -> str:
+    """``_dumps(messages)`` for validated ``[{"role", "content"}, …]`` turns, built from
+    C-encoded string literals (byte-identical); anything else goes through the encoder."""
+    try:
+        parts = []
+        for m in messages:
+            if len(m) != 2 or next(iter(m)) != "role":  # json.dumps keeps the dict's key order
+                return _dumps(messages)
+            parts.append('{"role": ' + _json_str(m["role"]) + ', "content": ' + _json_str(m["content"]) + "}")
+    except (KeyError, TypeError):
+        return _dumps(messages)
+    return "[" + ", ".join(parts) + "]"
+
+
 def _signal_columns(signals: dict[str, Any]) -> tuple[Any, int, Any]:
     reward = signals.get("reward")
     score = reward.get("score") if isinstance(reward, dict) else None
@@ -239,6 +256,7 @@ class Store:
             occ = []
             rows = []
             dumps = _dumps
+            messages_json = _messages_json
             human = '{"kind": "human"}'
             for e in examples:
                 first = existing.get(e.id)
@@ -258,7 +276,7 @@ class Store:
                 org = e.origin
                 org_s = human if org == {"kind": "human"} else dumps(org, ensure_ascii=False)
                 rows.append((
-                    e.id, dumps(e.messages, ensure_ascii=False), e.source.kind, e.source.file, e.source.loc,
+                    e.id, messages_json(e.messages), e.source.kind, e.source.file, e.source.loc,
                     e.source.ref, e.group, e.split, org.get("kind", "human"), org_s,
                     sig_s, e.label, e.parent_id, e.created_at, dup, leak, reward,
                 ))

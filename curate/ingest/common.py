@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..example import Example, MessageError, Source, text_hash
+from ..example import Example, MessageError, Source, new_example, text_hash
 from ..pii import scrub
 
 
@@ -79,11 +79,11 @@ def make_example(
     dropped from the chat) is scrubbed too.
     """
     findings: list[dict[str, Any]] = []
-    signals = dict(signals or {})
+    signals = dict(signals) if signals else {}
     if opts.scrub_pii:
         names = (tuple(opts.known_names) + tuple(n for n in known_names if n)) if (known_names or opts.known_names) else ()
         known = tuple(known) if known else ()
-        scrubbed = []
+        scrubbed = None  # a copy of the list only once a turn changes
         for i, m in enumerate(messages):
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str) and m.get("role") != "system":
@@ -92,9 +92,11 @@ def make_example(
                     for x in f:
                         x["turn"] = i
                     findings += f
-                    m = {**m, "content": new}
-            scrubbed.append(m)
-        messages = scrubbed
+                    if scrubbed is None:
+                        scrubbed = list(messages)
+                    scrubbed[i] = {**m, "content": new}
+        if scrubbed is not None:
+            messages = scrubbed
         if signals.get("actions"):
             acts = []
             for a in signals["actions"]:
@@ -104,15 +106,22 @@ def make_example(
                 findings += f
                 acts.append({**a, "text": new})
             signals["actions"] = acts
-    try:
-        ex = Example(messages=messages, source=source, group=group, label=label)
-    except MessageError as e:
-        return Reject(source.file, source.loc, f"invalid conversation: {e}", field_name or "messages", repr(messages)[:500])
     if findings:
         signals["pii"] = findings
-    if signals:
-        ex.signals = signals
-    return ex
+    try:
+        return new_example(messages, source, group=group, label=label, signals=signals)
+    except MessageError as e:
+        return Reject(source.file, source.loc, f"invalid conversation: {e}", field_name or "messages", repr(messages)[:500])
+
+
+def read_text(path: Path, file: str) -> tuple[str | None, Reject | None]:
+    """A whole text file (:func:`open_text`), or the reject for an unreadable or empty one."""
+    text, err = open_text(path)
+    if err:
+        return None, Reject(file, "file", err, "encoding")
+    if not text.strip():
+        return None, Reject(file, "file", "empty file", "file")
+    return text, None
 
 
 def open_text(path: Path) -> tuple[str | None, str | None]:

@@ -37,7 +37,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterator
 
-from .common import Chunk, ReadOptions, Reject, open_text
+from .common import Chunk, ReadOptions, Reject, read_text
 
 TARGET_MIN = 200
 TARGET_MAX = 400
@@ -299,12 +299,9 @@ def is_knowledge_json(data: Any) -> bool:
 
 def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[Any]:
     file = display or str(path)
-    text, err = open_text(path)
-    if err:
-        yield Reject(file, "file", err, "encoding")
-        return
-    if not text.strip():
-        yield Reject(file, "file", "empty file", "file")
+    text, rej = read_text(path, file)
+    if rej:
+        yield rej
         return
     s = path.suffix.lower()
     if s in (".md", ".markdown"):

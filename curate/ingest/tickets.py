@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import err_field, ReadOptions, Reject, make_example
+from .common import err_field, iter_json_items, ReadOptions, Reject, make_example
 
 USER_GUESS = ("text", "query", "question", "prompt", "body", "message", "utterance")
 ASSISTANT_GUESS = ("response", "answer", "reply", "label", "category", "intent")
@@ -88,21 +88,27 @@ def _render(template: str, row: dict[str, Any]) -> str:
 def _row_example(row: dict[str, Any], m: dict[str, Any], mapping: dict[str, Any], src: Source, opts: ReadOptions):
     for k in ("user", "assistant"):
         col = m.get(k)
-        if col is not None and (row.get(col) is None or str(row.get(col)).strip() == ""):
-            return Reject(src.file, src.loc, f"missing value for {k} turn", col, json.dumps(row, ensure_ascii=False)[:500])
+        if col is not None:
+            v = row.get(col)
+            if v is None or (v.strip() == "" if v.__class__ is str else str(v).strip() == ""):
+                return Reject(src.file, src.loc, f"missing value for {k} turn", col, json.dumps(row, ensure_ascii=False)[:500])
     try:
         user = _render(m["user_template"], row) if "user_template" in m else str(row[m["user"]])
         asst = _render(m["assistant_template"], row) if "assistant_template" in m else str(row[m["assistant"]])
     except MappingError as e:
         return Reject(src.file, src.loc, str(e), None, json.dumps(row, ensure_ascii=False)[:500])
-    msgs = []
-    if mapping.get("system"):
-        msgs.append({"role": "system", "content": mapping["system"]})
-    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": asst}]
-    label = str(row[m["label"]]).strip() if m.get("label") and row.get(m["label"]) not in (None, "") else None
-    group = f"ticket:{row[m['group']]}" if m.get("group") and row.get(m["group"]) not in (None, "") else ""
-    names = [str(row[c]) for c in m.get("names", []) if row.get(c)]
-    src.ref = str(row[m["group"]]) if group else ""
+    system = mapping.get("system")
+    if system:
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": asst}]
+    else:
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": asst}]
+    col = m.get("label")
+    label = str(row[col]).strip() if col and row.get(col) not in (None, "") else None
+    col = m.get("group")
+    group = f"ticket:{row[col]}" if col and row.get(col) not in (None, "") else ""
+    names = [str(row[c]) for c in m["names"] if row.get(c)] if "names" in m else ()
+    src.ref = str(row[col]) if group else ""
     return make_example(msgs, src, opts, group=group, label=label, known_names=names, field_name=m.get("user"))
 
 
@@ -207,28 +213,7 @@ def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | No
     if suffix in (".csv", ".tsv"):
         yield from _iter_csv(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in (".jsonl", ".ndjson"):
-        with open(path, "rb") as f:
-            first = True
-            for i, raw in enumerate(f, 1):
-                if first and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                first = False
-                try:
-                    line = raw.decode("utf-8").strip()
-                except UnicodeDecodeError as e:
-                    yield f"line {i}", None, f"not valid UTF-8 at byte {e.start} of the line"
-                    continue
-                if not line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"line {i}", None, f"invalid JSON: {e.msg} at column {e.colno}"
-                    continue
-                if not isinstance(obj, dict):
-                    yield f"line {i}", None, f"expected a JSON object, got {type(obj).__name__}"
-                    continue
-                yield f"line {i}", obj, None
+        yield from iter_json_items(path)
     elif suffix == ".json":
         from .common import open_text
 

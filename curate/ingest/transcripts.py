@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import err_field, ReadOptions, Reject, iter_json_items, make_example, open_text
+from .common import err_field, ReadOptions, Reject, iter_json_items, make_example, read_text
 
 ASSISTANT_WORDS = frozenset({"agent", "assistant", "support", "rep", "representative", "bot", "operator", "advisor"})
 ACTION_WORDS = frozenset({"action", "system", "note", "event"})
@@ -242,12 +242,9 @@ def _timed_cues(text: str, file: str, fmt: str) -> Iterator[Turn | Reject]:
 
 
 def _read_timed(path: Path, file: str, opts: ReadOptions, fmt: str) -> Iterator[Any]:
-    text, err = open_text(path)
-    if err:
-        yield Reject(file, "file", err, "encoding")
-        return
-    if not text.strip():
-        yield Reject(file, "file", "empty file", "file")
+    text, rej = read_text(path, file)
+    if rej:
+        yield rej
         return
     turns: list[Turn] = []
     for it in _timed_cues(text, file, fmt):
@@ -263,12 +260,9 @@ def _read_timed(path: Path, file: str, opts: ReadOptions, fmt: str) -> Iterator[
 
 # -- speaker-labelled text ------------------------------------------------------------
 def _read_txt(path: Path, file: str, opts: ReadOptions) -> Iterator[Any]:
-    text, err = open_text(path)
-    if err:
-        yield Reject(file, "file", err, "encoding")
-        return
-    if not text.strip():
-        yield Reject(file, "file", "empty file", "file")
+    text, rej = read_text(path, file)
+    if rej:
+        yield rej
         return
     turns: list[Turn] = []
     conv = 0

@@ -219,7 +219,9 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
     pm.train()
     micro_rows: int | None = None  # None: all rows of a step at once; halved on CUDA OOM
-    checkpoint_layers = False
+    # under a memory cap, start with activation checkpointing: a failed try without it leaves the allocator
+    # fragmented at the cap, and checkpointing with big micro-batches beats small ones without it
+    checkpoint_layers = bool(cuda and getattr(cfg, "gpu_memory_gib", 0))
     window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
     losses: list[float] = []
     pad_id = tok.pad_token_id or 0

@@ -9,6 +9,7 @@ per size so the numbers do not mix). Prints JSON and writes it to ``bench/result
 
     python bench/ingest.py                      # 100k and 1M rows
     python bench/ingest.py --rows 100000 --workers 2 --out bench/results/ingest-workers2.json
+    python bench/ingest.py --baseline 0a4cf4f   # + the same runs with an older revision's curate
 
 Rows look like real ticket exports: ``ticket_id, subject, body, reply,
 category``; about 8% carry PII (emails, phones, order numbers) so the scrubber
@@ -25,6 +26,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,14 +75,27 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
             w.writerow([f"T{i}", sentence(rng, rng.randint(3, 8)), body, sentence(rng, rng.randint(10, 40)), rng.choice(CATEGORIES)])
 
 
-def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1) -> dict:
+def checkout(rev: str, tmp: Path) -> Path:
+    """The ``curate`` package as of git revision ``rev``, extracted under ``tmp`` (for the baseline)."""
+    dest = tmp / f"baseline-{rev.replace('/', '_')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "curate"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+    return dest
+
+
+def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1, root: Path = ROOT, gen: bool = True,
+            tag: str = "") -> dict:
+    """Ingest ``rows`` generated rows with the ``curate`` package found in ``root`` (this checkout,
+    or a baseline extracted by :func:`checkout`) into a fresh workspace."""
     csv_path = tmp / f"tickets_{rows}.csv"
     map_path = tmp / "bench.mapping.toml"
     map_path.write_text(MAPPING, encoding="utf-8")
     t0 = time.perf_counter()
-    generate(csv_path, rows)
+    if gen or not csv_path.exists():
+        generate(csv_path, rows)
     gen_s = time.perf_counter() - t0
-    ws = tmp / f"ws_{rows}"
+    ws = tmp / f"ws_{rows}{tag}"
     code = (
         "import resource, sys, json; from curate.cli import main; rc = main(sys.argv[1:]); "
         "ru = resource.getrusage(resource.RUSAGE_SELF); rc2 = resource.getrusage(resource.RUSAGE_CHILDREN); "
@@ -90,7 +105,7 @@ def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1) -> dict:
     cmd = [sys.executable, "-c", code, "ingest", str(csv_path), "--mapping", str(map_path), "--workspace", str(ws),
            "--json", "--batch-size", str(batch_size), "--workers", str(workers)]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"ingest failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -98,7 +113,7 @@ def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1) -> dict:
     _, maxrss_kb, cpu_s = next(ln.split() for ln in p.stderr.splitlines() if ln.startswith("MAXRSS"))
     maxrss_kb, cpu_s = int(maxrss_kb), float(cpu_s)
     t = rep["totals"]
-    return {
+    out = {
         "rows": rows,
         "workers": workers,
         "csv_mb": round(csv_path.stat().st_size / 1e6, 1),
@@ -111,6 +126,10 @@ def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1) -> dict:
         "peak_rss_mb": round(maxrss_kb / 1024, 1),
         "store_mb": round((ws / "store.sqlite").stat().st_size / 1e6, 1),
     }
+    if not gen:
+        del out["generate_s"]
+    shutil.rmtree(ws, ignore_errors=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,14 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="ingest --workers (processes that build examples)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"), help="where to write the JSON ('' = don't)")
     ap.add_argument("--tmp", help="scratch folder (default: a temp dir, deleted after)")
+    ap.add_argument("--baseline", metavar="REV", help="also run the curate package of git revision REV on the same files "
+                    "(e.g. the commit before an optimisation) and report the CPU ratio")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. CPU contention)")
     a = ap.parse_args(argv)
     tmpctx = tempfile.TemporaryDirectory(prefix="bench-ingest-") if not a.tmp else None
     tmp = Path(a.tmp or tmpctx.name)
     tmp.mkdir(parents=True, exist_ok=True)
     load0 = [round(x, 2) for x in os.getloadavg()]
+    results, baseline = [], []
     try:
-        results = [run_one(n, tmp, a.batch_size, a.workers) for n in a.rows]
+        base_root = checkout(a.baseline, tmp) if a.baseline else None
+        for n in a.rows:  # the baseline right after, on the same file, so both see the same machine load
+            results.append(run_one(n, tmp, a.batch_size, a.workers))
+            if base_root is not None:
+                b = run_one(n, tmp, a.batch_size, a.workers, root=base_root, gen=False, tag="-baseline")
+                b["cpu_ratio"] = round(b["ingest_cpu_s"] / results[-1]["ingest_cpu_s"], 2)
+                baseline.append(b)
     finally:
         if tmpctx is not None:
             tmpctx.cleanup()
@@ -139,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "target_records_per_s": 20000,
         "batch_size": a.batch_size,
         "results": results,
+        "baseline": {"rev": a.baseline, "results": baseline,
+                     "note": "same files, same options, the curate package of git revision `rev`; cpu_ratio = "
+                             "baseline CPU-seconds / this checkout's CPU-seconds"} if a.baseline else None,
         "note": a.note,
     }
     print(json.dumps(out, indent=2))

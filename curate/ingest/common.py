@@ -144,6 +144,23 @@ def open_text(path: Path) -> tuple[str | None, str | None]:
         return None, f"not valid UTF-8 (line {line}, byte {e.start}); re-save the file as UTF-8"
 
 
+def load_json(path: Path) -> tuple[Any, str, str | None]:
+    """A whole ``.json`` file parsed: ``(data, "", None)``, or ``(None, loc, reason)`` when it
+    cannot be read, is empty, or is invalid / truncated JSON."""
+    import json
+
+    text, err = open_text(path)
+    if err:
+        return None, "file", err
+    if not text.strip():
+        return None, "file", "empty file"
+    try:
+        return json.loads(text), "", None
+    except json.JSONDecodeError as e:
+        why = "truncated JSON" if e.pos >= len(text.rstrip()) - 1 else "invalid JSON"
+        return None, f"line {e.lineno}", f"{why}: {e.msg} at line {e.lineno} column {e.colno}"
+
+
 def iter_json_items(path: Path, item_keys: tuple[str, ...] = ()) -> "Iterable[tuple[str, Any, str | None]]":
     """Yield ``(loc, object, error)`` for the objects in a ``.jsonl``/``.ndjson``/``.json`` file.
 
@@ -187,18 +204,9 @@ def iter_json_items(path: Path, item_keys: tuple[str, ...] = ()) -> "Iterable[tu
             if n_items == 0:
                 yield "file", None, "empty file"
         return
-    text, err = open_text(path)
+    data, loc, err = load_json(path)
     if err:
-        yield "file", None, err
-        return
-    if not text.strip():
-        yield "file", None, "empty file"
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        why = "truncated JSON" if e.pos >= len(text.rstrip()) - 1 else "invalid JSON"
-        yield f"line {e.lineno}", None, f"{why}: {e.msg} at line {e.lineno} column {e.colno}"
+        yield loc, None, err
         return
     if isinstance(data, dict):
         if set(data) & set(item_keys) or not any(isinstance(v, list) for v in data.values()):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..example import Source
-from .common import err_field, iter_json_items, ReadOptions, Reject, make_example
+from .common import err_field, iter_json_items, load_json, ReadOptions, Reject, make_example
 
 USER_GUESS = ("text", "query", "question", "prompt", "body", "message", "utterance")
 ASSISTANT_GUESS = ("response", "answer", "reply", "label", "category", "intent")
@@ -215,19 +215,9 @@ def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | No
     elif suffix in (".jsonl", ".ndjson"):
         yield from iter_json_items(path)
     elif suffix == ".json":
-        from .common import open_text
-
-        text, err = open_text(path)
+        data, loc, err = load_json(path)
         if err:
-            yield "file", None, err
-            return
-        if not text.strip():
-            yield "file", None, "empty file"
-            return
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield f"line {e.lineno}", None, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            yield loc, None, err
             return
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), [data])

@@ -3,6 +3,7 @@
     .venv/bin/python bench/dedup.py                      # 20k and 100k records
     .venv/bin/python bench/dedup.py --sizes 20000 100000 1000000
     .venv/bin/python bench/dedup.py --out bench/results/dedup.json
+    .venv/bin/python bench/dedup.py --profile 50000      # per-stage CPU time + cProfile of our path
 
 Corpus: base documents of 60–140 words drawn from a Zipf(1.1) vocabulary of 30k
 words; 10% of the records are planted variants of a base document made by
@@ -298,6 +299,72 @@ def calibrate_cosine(workspace: str, out: str | None) -> dict:
     return out_obj
 
 
+# --------------------------------------------------------------------------- per-stage profile
+def profile(n: int, reps: int = 5) -> dict:
+    """CPU µs per record of each stage of our near-dup path on ``n`` corpus records
+    (best of ``reps``), and the top functions of one full run under cProfile."""
+    import cProfile
+    import io
+    import pstats
+
+    docs, _ = make_corpus(n, 0)
+    b, r = mh.optimal_params(THRESHOLD, K)
+    mod = mh._jit_module()
+    kernel = mh._jit_kernel()
+    mh.signatures_of(docs[:100], "word", K)
+
+    def best(f):
+        t = float("inf")
+        for _ in range(reps):
+            c = time.process_time()
+            f()
+            t = min(t, time.process_time() - c)
+        return round(t / n * 1e6, 3)
+
+    def chunks():
+        return [docs[i : i + 20000] for i in range(0, n, 20000)]
+
+    sig, _ = mh.signatures_of(docs, "word", K)
+    ok = np.flatnonzero(mh.nonempty(sig))
+    cand = mh.lsh_candidates(sig, b, r, ok)
+    pairs, _ = mh.near_pairs(sig, THRESHOLD, b, r, candidates=cand)
+    stages = {"text_to_bytes_us": best(lambda: [mh._raw_bytes(c) for c in chunks()])}
+    if kernel is not None:
+        def kernel_only():
+            for c in chunks():
+                s_ = np.full((len(c), K), mh.EMPTY, np.uint32)
+                mh._signatures_jit(kernel, *mh._raw_bytes(c), "word", K, 1, s_, np.zeros(len(c), np.uint64))
+        stages["bytes_plus_kernel_us"] = best(kernel_only)
+        stages["band_keys_and_buckets_us"] = best(lambda: mod.band_pairs(sig, ok, b, r, 32))
+    stages["signatures_of_us"] = best(lambda: mh.signatures_of(docs, "word", K))
+    stages["lsh_candidates_us"] = best(lambda: mh.lsh_candidates(sig, b, r, ok))
+    stages["verify_us"] = best(lambda: mh.jaccard_estimate(sig, cand[:, 0], cand[:, 1]))
+
+    def uf():
+        mh.UnionFind(n).union_pairs(pairs)
+
+    stages["union_find_us"] = best(uf)
+    stages["total_us"] = round(stages["signatures_of_us"] + stages["lsh_candidates_us"] + stages["verify_us"]
+                               + stages["union_find_us"], 3)
+    stages["docs_per_cpu_s"] = round(1e6 / stages["total_us"])
+
+    def full():
+        s_, _ = mh.signatures_of(docs, "word", K)
+        p_, _ = mh.near_pairs(s_, THRESHOLD, b, r)
+        mh.UnionFind(n).union_pairs(p_)
+
+    pr = cProfile.Profile()
+    pr.enable()
+    full()
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
+    top = [ln.strip() for ln in buf.getvalue().splitlines() if re.match(r"\s*\d", ln)][:12]
+    return {"records": n, "candidates": len(cand), "pairs": len(pairs),
+            "kernel": "numba" if kernel is not None else "numpy", "cpu_us_per_record": stages,
+            "cprofile_top_tottime": top}
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -316,7 +383,17 @@ def main() -> int:
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. CPU contention)")
     ap.add_argument("--calibrate-cosine", metavar="WORKSPACE",
                     help="instead of the benchmark: cosine calibration table on a BANKING77 workspace")
+    ap.add_argument("--profile", type=int, metavar="N",
+                    help="instead of the benchmark: per-stage CPU time and cProfile of our path on N records")
     a = ap.parse_args()
+    if a.profile:
+        out = {"machine": machine(), "note": a.note, "profile": profile(a.profile)}
+        out["machine"]["loadavg_end"] = os.getloadavg()
+        js = json.dumps(out, indent=2)
+        print(js)
+        if a.out:
+            Path(a.out).write_text(js + "\n")
+        return 0
     if a.calibrate_cosine:
         calibrate_cosine(a.calibrate_cosine, a.out)
         return 0

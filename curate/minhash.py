@@ -342,7 +342,8 @@ def nonempty(sig: np.ndarray) -> np.ndarray:
 _JIT = None
 
 
-def _jit_kernel():
+def _jit_module():
+    """curate.minhash_kernel when numba is installed and WORKBENCH_NO_JIT is unset, else None."""
     global _JIT
     if _JIT is not None:
         return _JIT or None
@@ -352,59 +353,100 @@ def _jit_kernel():
         _JIT = False
         return None
     try:
-        from .minhash_kernel import kernel
+        from . import minhash_kernel
     except ImportError:
         _JIT = False
         return None
-    _JIT = kernel
-    return kernel
+    _JIT = minhash_kernel
+    return minhash_kernel
 
 
-def _signatures_jit(kernel, texts: Sequence[str], kind: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if k & (k - 1) or not 8 <= k <= 1024:
-        raise ValueError(f"num_perm must be a power of two in [8, 1024], got {k}")
-    n_docs = len(texts)
-    sig = np.full((n_docs, k), EMPTY, dtype=np.uint32)
-    exact = np.zeros(n_docs, U64)
-    if n_docs:
-        buf = _translated_bytes(texts)
-        seedmix = _mix64(np.array([seed], U64))[0]
-        kernel(buf, n_docs, kind == "char", 3 if kind == "word" else 5, k, np.uint64(64 - (k.bit_length() - 1)),
-               seedmix, _densify_sequence(k, 4 * k), sig, exact)
-    return sig, exact
+def _jit_kernel():
+    mod = _jit_module()
+    return mod.kernel if mod is not None else None
+
+
+# byte → normal form for the compiled path: like _ASCII_TABLE, but NUL is a space too
+# (documents are given by offsets there, not separators)
+_JIT_TABLE = np.frombuffer(_ASCII_TABLE, np.uint8).copy()
+_JIT_TABLE[0] = 32
+_SEQ_T: dict[int, np.ndarray] = {}
+
+
+def _raw_bytes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 of the texts joined by NUL, and the byte offset where each starts (plus the
+    end): document ``d`` is ``buf[offs[d]:offs[d+1]]``, its trailing NUL included (the
+    kernel reads NUL as a space). ASCII texts are passed as they are (the kernel
+    normalises them byte by byte); texts with other characters, or with a NUL of their
+    own, go through :func:`normalize` first."""
+    n = len(texts)
+    joined = _SEP.join(texts)
+    buf = np.frombuffer(joined.encode("utf-8"), np.uint8) if joined.isascii() else None
+    seps = np.flatnonzero(buf == 0) if buf is not None else None
+    if seps is None or len(seps) != max(n - 1, 0):  # non-ASCII text, or a NUL inside a text
+        joined = _SEP.join(t if t.isascii() and _SEP not in t else normalize(t) for t in texts)
+        buf = np.frombuffer(joined.encode("utf-8"), np.uint8)
+        seps = np.flatnonzero(buf == 0)
+    offs = np.empty(n + 1, np.int64)
+    offs[0] = 0
+    offs[1:n] = seps + 1
+    offs[n] = len(buf)
+    return buf, offs
+
+
+def _signatures_jit(kernel, buf: np.ndarray, offs: np.ndarray, kind: str, k: int, seed: int,
+                    sig: np.ndarray, exact: np.ndarray) -> None:
+    """Fill ``sig`` (rows pre-set to EMPTY) and ``exact`` for the documents of
+    :func:`_raw_bytes` ``(buf, offs)`` with the compiled kernel."""
+    if len(offs) < 2:
+        return
+    if k not in _SEQ_T:
+        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T)
+    pw, _ = _powers(int(np.diff(offs).max()) + 2)
+    seedmix = _mix64(np.array([seed], U64))[0]
+    kernel(buf, offs, _JIT_TABLE, pw, kind == "char", 3 if kind == "word" else 5, k,
+           np.uint64(64 - (k.bit_length() - 1)), seedmix, _SEQ_T[k], sig, exact)
 
 
 def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch: int = 20000,
                   seed: int = 1, max_chars: int = 1 << 20, jit: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Signatures and exact-text hashes of ``texts``.
 
-    Work is done in chunks of at most ``batch`` texts and about ``max_chars``
-    characters, which keeps the temporary arrays (8 bytes per input byte) in cache
-    and the power table small; results do not depend on the chunking. With numba
-    installed the compiled kernel is used (``jit=False`` or ``WORKBENCH_NO_JIT=1``
-    forces the numpy path); both give identical results.
+    Work is done in chunks of at most ``batch`` texts (numpy path: and about
+    ``max_chars`` characters, which keeps its temporary arrays in cache; the
+    compiled path has no large temporaries and only splits chunks above
+    ``64·max_chars`` bytes); each chunk writes straight into the result
+    matrix, and results do not depend on the chunking. With numba installed the compiled kernel is used
+    (``jit=False`` or ``WORKBENCH_NO_JIT=1`` forces the numpy path); both give
+    identical results.
     """
     if kind not in ("word", "char"):
         raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    if k & (k - 1) or not 8 <= k <= 1024:
+        raise ValueError(f"num_perm must be a power of two in [8, 1024], got {k}")
     kernel = _jit_kernel() if jit is not False else None
-    sigs, exact = [], []
-    i, n = 0, len(texts)
+    n = len(texts)
+    sig = np.full((n, k), EMPTY, dtype=np.uint32)
+    exact = np.zeros(n, U64)
+    i = 0
     while i < n:
+        if kernel is not None:  # no large temporaries: chunks of `batch` texts, ≤ 64·max_chars bytes
+            j = min(n, i + batch)
+            buf, offs = _raw_bytes(texts[i:j])
+            while j - i > 1 and len(buf) > 64 * max_chars:
+                j = i + (j - i) // 2
+                buf, offs = _raw_bytes(texts[i:j])
+            _signatures_jit(kernel, buf, offs, kind, k, seed, sig[i:j], exact[i:j])
+            i = j
+            continue
         j, size = i, 0
         while j < n and j - i < batch and (size < max_chars or j == i):
             size += len(texts[j]) + 1
             j += 1
-        if kernel is not None:
-            s_, x_ = _signatures_jit(kernel, texts[i:j], kind, k, seed)
-        else:
-            sh = shingle(texts[i:j], kind)
-            s_, x_ = signatures(sh, k, seed), sh.exact
-        sigs.append(s_)
-        exact.append(x_)
+        sh = shingle(texts[i:j], kind)
+        sig[i:j], exact[i:j] = signatures(sh, k, seed), sh.exact
         i = j
-    if not sigs:
-        return np.zeros((0, k), np.uint32), np.zeros(0, U64)
-    return np.concatenate(sigs), np.concatenate(exact)
+    return sig, exact
 
 
 def jaccard_estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 200_000) -> np.ndarray:
@@ -485,13 +527,20 @@ def band_keys(sig: np.ndarray, band: int, r: int) -> np.ndarray:
     return h
 
 
-def lsh_candidates(sig: np.ndarray, b: int, r: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Unique candidate pairs ``(i, j)`` with ``i < j`` (row indices of ``sig``) sharing a band."""
+def lsh_candidates(sig: np.ndarray, b: int, r: int, rows: np.ndarray | None = None,
+                   jit: bool | None = None) -> np.ndarray:
+    """Unique candidate pairs ``(i, j)`` with ``i < j`` (row indices of ``sig``) sharing a band.
+
+    Compiled with numba when available (``jit=False`` forces the numpy sort path; both
+    give the same pairs)."""
     if b * r > sig.shape[1]:
         raise ValueError(f"b·r = {b * r} exceeds the signature length {sig.shape[1]}")
     if rows is not None and len(rows) == len(sig):  # all rows: no copy of the signature matrix
         rows = None
-    ids = np.arange(len(sig), dtype=np.int64) if rows is None else rows
+    ids = np.arange(len(sig), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    mod = _jit_module() if jit is not False else None
+    if mod is not None:  # same pairs, one hash table per band instead of a sort
+        return unique_pairs(mod.band_pairs(np.ascontiguousarray(sig), ids, b, r, 32))
     sub = sig if rows is None else sig[rows]
     parts = [_pairs_from_keys(band_keys(sub, band, r), ids) for band in range(b)]
     pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
@@ -556,6 +605,13 @@ class UnionFind:
         return int(ra)
 
     def union_pairs(self, pairs: Iterable[tuple[int, int]] | np.ndarray) -> None:
+        mod = _jit_module() if isinstance(pairs, np.ndarray) and len(pairs) else None
+        if mod is not None:  # the same unions in the same order, compiled
+            p = np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2)
+            if len(p) and (p.min() < 0 or p.max() >= len(self.parent)):
+                raise IndexError(f"pair index out of range for {len(self.parent)} elements")
+            mod.union_pairs(self.parent, self.size, p)
+            return
         for a, b in (pairs.tolist() if isinstance(pairs, np.ndarray) else pairs):
             self.union(a, b)
 

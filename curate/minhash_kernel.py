@@ -1,8 +1,19 @@
-"""Compiled (numba) kernel for :func:`curate.minhash.signatures_of`.
+"""Compiled (numba) kernels for :mod:`curate.minhash`.
 
 Module-level so numba's on-disk cache (``cache=True``) works across processes.
-The arithmetic mirrors the numpy path in :mod:`curate.minhash` exactly; see its
-docstring for the maths. Importing this module requires numba.
+The arithmetic mirrors the numpy paths in :mod:`curate.minhash` exactly (see its
+docstring for the maths); ``tests/test_minhash.py`` checks they agree bit for
+bit. Importing this module requires numba.
+
+Why the code looks the way it does (measured on 100-word texts, see
+``docs/dedup.md``): the signature kernel reads the raw UTF-8 of a whole batch
+once, with the ASCII lower-case/punctuation table applied per byte (no
+translated copy, no separators: documents are given by byte offsets); bins are
+updated with a branch-free ``min``; densification works on a compacted list of
+the empty bins, one pass per step of the borrowing sequence, instead of one
+unpredictable branch per bin and step. LSH banding computes all band keys of a row at
+once and finds shared keys with one open-addressing hash table per band instead
+of sorting the band keys.
 """
 from __future__ import annotations
 
@@ -14,6 +25,8 @@ C1, C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 S30, S27, S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 ONE, ZERO, FIVES, M32 = np.uint64(1), np.uint64(0), np.uint64(0x5555), np.uint64(0xFFFFFFFF)
 CAP, EMP = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)
+SPACE = np.uint8(32)
+
 
 @numba.njit(inline="always")
 def mix(x):
@@ -23,48 +36,58 @@ def mix(x):
     x = x * C2
     return x ^ (x >> S31)
 
+
 @numba.njit(inline="always")
 def put(row, h, seedmix, shift):
     v = mix(h ^ seedmix)
     b = np.int64(v >> shift)
-    val = np.uint32(v & M32)
-    if val > CAP:
-        val = CAP
-    if val < row[b]:
-        row[b] = val
+    row[b] = min(row[b], min(np.uint32(v & M32), CAP))
 
-@numba.njit(cache=True, nogil=True)
-def kernel(buf, n_docs, char_mode, n, k, shift, seedmix, seq, sig, exact):
-    # buf: translated bytes (lower-case ASCII letters/digits, other ASCII → space,
-    # non-ASCII texts pre-normalised), documents separated by NUL; spaces are
-    # collapsed and trimmed here, per document, into nb.
-    L = buf.shape[0]
-    wh = np.empty(L + 1, np.uint64)
-    nb = np.empty(L + 1, np.uint8)
-    orig = np.empty(k, np.uint32)
-    pos = 0
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig, exact):
+    """Signatures (rows of ``sig``, pre-filled with EMP) and exact hashes of documents
+    ``buf[offs[d]:offs[d+1]]``. ``buf``: UTF-8; texts with non-ASCII characters must
+    already be normalised. ``table`` maps each byte to its normal form (ASCII lower
+    case, other ASCII non-alphanumerics → space, bytes ≥ 128 unchanged).
+    ``pw_tab[i] = P^i`` for i up to the longest document (no multiply chain per byte).
+    ``seq_t[t, c]``: the bin that empty bin ``c`` borrows from at step ``t``."""
+    n_docs = offs.shape[0] - 1
+    longest = 0
     for d in range(n_docs):
-        dl = 0
-        e = pos
-        while e < L and buf[e] != 0:
-            c = buf[e]
-            if c != 32 or (dl > 0 and nb[dl - 1] != 32):
-                nb[dl] = c
-                dl += 1
-            e += 1
-        if dl > 0 and nb[dl - 1] == 32:
-            dl -= 1
+        longest = max(longest, offs[d + 1] - offs[d])
+    wh = np.empty(longest + 2, np.uint64)
+    nb = np.empty(longest + 2, np.uint8)
+    orig = np.empty(k, np.uint32)
+    idx = np.empty(k, np.int64)
+    steps = seq_t.shape[0]
+    for d in range(n_docs):
+        s = offs[d]
+        e = offs[d + 1]
+        # words (runs of non-space bytes): polynomial hash Σ (b_i+1)·P^(i-start), then mix;
+        # in char mode also the normal form with single spaces between words (nb[:dl])
         nw = 0
-        i = 0
-        while i < dl:
-            if nb[i] == 32:
+        dl = 0
+        i = s
+        while i < e:
+            c = table[buf[i]]
+            if c == SPACE:
                 i += 1
                 continue
+            if char_mode:
+                if dl > 0:
+                    nb[dl] = SPACE
+                    dl += 1
             h = ZERO
-            pw = ONE
-            while i < dl and nb[i] != 32:
-                h += (np.uint64(nb[i]) + ONE) * pw
-                pw *= P
+            ws = i
+            while i < e:
+                c = table[buf[i]]
+                if c == SPACE:
+                    break
+                if char_mode:
+                    nb[dl] = c
+                    dl += 1
+                h += (np.uint64(c) + ONE) * pw_tab[i - ws]
                 i += 1
             wh[nw] = mix(h)
             nw += 1
@@ -76,6 +99,8 @@ def kernel(buf, n_docs, char_mode, n, k, shift, seedmix, seq, sig, exact):
         if nw > 0:
             ex = mix(ex + np.uint64(nw))
         exact[d] = ex
+        if nw == 0:
+            continue
         row = sig[d]
         if not char_mode:
             if nw >= n:
@@ -84,7 +109,7 @@ def kernel(buf, n_docs, char_mode, n, k, shift, seedmix, seq, sig, exact):
                     for t in range(n):
                         h = h * GOLD + wh[j + t]
                     put(row, h, seedmix, shift)
-            elif nw > 0:
+            else:
                 put(row, mix(ex ^ FIVES), seedmix, shift)
         else:
             if dl >= n:
@@ -95,29 +120,138 @@ def kernel(buf, n_docs, char_mode, n, k, shift, seedmix, seq, sig, exact):
                         h += (np.uint64(nb[s0 + t]) + ONE) * pw
                         pw *= P
                     put(row, h, seedmix, shift)
-            elif dl > 0:
+            else:
                 put(row, mix(ex ^ FIVES), seedmix, shift)
-        n_empty = 0
+        # optimal densification: empty bin c takes orig[seq[c, t]] for the first t where
+        # that bin is non-empty; the still-empty bins are kept compacted in idx[:m]
+        m = 0
         for c in range(k):
-            orig[c] = row[c]
-            if row[c] == EMP:
-                n_empty += 1
-        if 0 < n_empty < k:
-            for c in range(k):
-                if orig[c] != EMP:
-                    continue
-                done = False
-                for t in range(seq.shape[1]):
-                    v = orig[seq[c, t]]
-                    if v != EMP:
-                        row[c] = v
-                        done = True
-                        break
-                if not done:
-                    for off in range(1, k):
-                        v = orig[(c + off) % k]
-                        if v != EMP:
-                            row[c] = v
-                            break
-        pos = e + 1
+            v = row[c]
+            orig[c] = v
+            idx[m] = c
+            m += v == EMP
+        t = 0
+        while m > 0 and t < steps:
+            st = seq_t[t]
+            m2 = 0
+            for j in range(m):
+                c = idx[j]
+                v = orig[st[c]]
+                row[c] = v
+                idx[m2] = c
+                m2 += v == EMP
+            m = m2
+            t += 1
+        for j in range(m):  # astronomically rare: first non-empty bin to the right
+            c = idx[j]
+            for off in range(1, k):
+                v = orig[(c + off) % k]
+                if v != EMP:
+                    row[c] = v
+                    break
 
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def band_pairs(sig, rows, b, r, full_upto):
+    """Candidate pairs (row ids, unsorted, may repeat) of ``sig[rows]`` sharing a band
+    key (the key of :func:`curate.minhash.band_keys`). Per band, members of a bucket are
+    in the order of ``rows``; buckets of ≤ ``full_upto`` members give all pairs, larger
+    ones a star (first member to each other) plus a chain (consecutive members).
+
+    Per band: one open-addressing table ``[key, position + 1]`` (one cache line per
+    probe); a row whose key is already there is recorded as ``(first position, position)``
+    and only those few records are grouped (stable sort) into buckets."""
+    n = rows.shape[0]
+    keys = np.empty((b, n), np.uint64)
+    hb = np.empty(b, np.uint64)
+    for i in range(n):  # all bands of a row at once: b independent hash chains
+        row = sig[rows[i]]
+        for band in range(b):
+            hb[band] = np.uint64(band + 1) * GOLD
+        for c in range(r):
+            for band in range(b):
+                hb[band] = mix(hb[band] ^ np.uint64(row[band * r + c]))
+        for band in range(b):
+            keys[band, i] = hb[band]
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    mask = cap - 1
+    table = np.empty((cap, 2), np.uint64)
+    dup_first = np.empty(n, np.int64)
+    dup_pos = np.empty(n, np.int64)
+    members = np.empty(n, np.int64)
+    out = np.empty((max(n, 16), 2), np.int64)
+    n_out = 0
+    for band in range(b):
+        table[:, 1] = 0
+        nd = 0
+        kb = keys[band]
+        for i in range(n):
+            h = kb[i]
+            s = np.int64(h & np.uint64(mask))
+            while True:
+                occ = table[s, 1]
+                if occ == 0:
+                    table[s, 0] = h
+                    table[s, 1] = np.uint64(i + 1)
+                    break
+                if table[s, 0] == h:
+                    dup_first[nd] = np.int64(occ) - 1
+                    dup_pos[nd] = i
+                    nd += 1
+                    break
+                s = (s + 1) & mask
+        if nd == 0:
+            continue
+        order = np.argsort(dup_first[:nd], kind="mergesort")  # stable: positions stay in order
+        g = 0
+        while g < nd:
+            first = dup_first[order[g]]
+            members[0] = rows[first]
+            ln = 1
+            while g < nd and dup_first[order[g]] == first:
+                members[ln] = rows[dup_pos[order[g]]]
+                ln += 1
+                g += 1
+            need = ln * (ln - 1) // 2 if ln <= full_upto else 2 * (ln - 1)
+            if n_out + need > out.shape[0]:
+                bigger = np.empty((max(2 * out.shape[0], n_out + need), 2), np.int64)
+                bigger[:n_out] = out[:n_out]
+                out = bigger
+            if ln <= full_upto:
+                for a in range(ln):
+                    for c in range(a + 1, ln):
+                        out[n_out, 0] = members[a]
+                        out[n_out, 1] = members[c]
+                        n_out += 1
+            else:
+                for c in range(1, ln):
+                    out[n_out, 0] = members[0]
+                    out[n_out, 1] = members[c]
+                    n_out += 1
+                for c in range(1, ln):
+                    out[n_out, 0] = members[c - 1]
+                    out[n_out, 1] = members[c]
+                    n_out += 1
+    return out[:n_out]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def union_pairs(parent, size, pairs):
+    """:meth:`curate.minhash.UnionFind.union` over each pair, in order (same roots)."""
+    for p in range(pairs.shape[0]):
+        a = pairs[p, 0]
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        c = pairs[p, 1]
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        if a == c:
+            continue
+        if size[a] < size[c]:
+            a, c = c, a
+        parent[c] = a
+        size[a] += size[c]

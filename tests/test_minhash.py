@@ -58,7 +58,8 @@ def test_signatures_do_not_depend_on_batching():
     a, xa = mh.signatures_of(texts, "char", batch=7)
     b, xb = mh.signatures_of(texts, "char", batch=1000)
     c, xc = mh.signatures_of(texts, "char", max_chars=200)
-    assert (a == c).all() and (xa == xc).all()
+    d, xd = mh.signatures_of(texts, "char", max_chars=20)  # compiled path: splits above 64·max_chars
+    assert (a == c).all() and (xa == xc).all() and (a == d).all() and (xa == xd).all()
     assert (a == b).all() and (xa == xb).all()
 
 
@@ -106,8 +107,28 @@ def test_compiled_and_numpy_paths_agree(kind):
         pytest.skip("numba not installed: only the numpy path exists")
     rnd = random.Random(5)
     vocab = ["card", "top-up", "PIN", "café", "Ünïcode", "x", "ATM!!", "£1", "already", "\u00a0", "🙂", "_"]
-    texts = ["", "a", "ab cd", "  !!  ", "Is there an auto top-up option?"] + [
+    texts = ["", "a", "ab cd", "  !!  ", "Is there an auto top-up option?", "nul\x00inside", "\x00"] + [
         " ".join(rnd.choice(vocab) for _ in range(rnd.randint(1, 40))) for _ in range(300)]
     a, xa = mh.signatures_of(texts, kind, jit=True)
     b, xb = mh.signatures_of(texts, kind, jit=False)
     assert (a == b).all() and (xa == xb).all()
+
+
+def test_compiled_lsh_and_union_find_match_numpy():
+    if mh._jit_kernel() is None:
+        pytest.skip("numba not installed: only the numpy path exists")
+    rnd = np.random.default_rng(3)
+    sig = rnd.integers(0, 4, size=(400, 128), dtype=np.uint32)  # few distinct values: many shared bands
+    sig[:60] = sig[0]  # one bucket of 60 (> 32: star + chain) in every band
+    rows = rnd.permutation(400)[:300]  # rows in arbitrary order: bucket members follow it
+    for rr in (None, rows):
+        want = mh.lsh_candidates(sig, 9, 13, rr, jit=False)
+        got = mh.lsh_candidates(sig, 9, 13, rr)
+        assert len(want) and np.array_equal(got, want)
+    pairs = rnd.integers(0, 400, size=(500, 2))
+    a, b = mh.UnionFind(400), mh.UnionFind(400)
+    a.union_pairs(pairs)  # compiled
+    b.union_pairs([tuple(p) for p in pairs.tolist()])  # Python loop
+    assert np.array_equal(a.parent, b.parent) and np.array_equal(a.size, b.size)
+    with pytest.raises(IndexError):
+        a.union_pairs(np.array([[0, 400]]))

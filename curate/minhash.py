@@ -62,11 +62,16 @@ Clusters are the connected components of the verified pairs, computed by a
 
 Two implementations of the same arithmetic
 ------------------------------------------
-:func:`signatures_of` uses a numba kernel when numba is installed (one pass per
-document: collapse spaces, word hashes, shingles, bins, densification) and the
-numpy path (:func:`shingle` + :func:`signatures`) otherwise or with
-``WORKBENCH_NO_JIT=1``. They are bit-identical (tested), so signatures, Redis
-indexes and reports do not depend on which one ran. Measured throughput is in
+With numba installed, :mod:`curate.minhash_kernel` does the hot loops in
+machine code: :func:`signatures_of` (one pass per document over the raw UTF-8
+of a batch: ASCII normalisation by table, word hashes, shingles, OPH bins,
+optimal densification), :func:`lsh_candidates` (band keys of a row at once,
+shared keys found with one hash table per band) and
+:meth:`UnionFind.union_pairs`. Without numba, or with ``WORKBENCH_NO_JIT=1``
+(``jit=False`` per call), the numpy paths above run instead (:func:`shingle` +
+:func:`signatures`, sorted band keys, the Python union-find). They are
+bit-identical (tested), so signatures, candidates, clusters, Redis indexes and
+reports do not depend on which one ran. Measured throughput is in
 ``docs/dedup.md`` and ``bench/results/dedup.json``.
 """
 from __future__ import annotations

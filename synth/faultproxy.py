@@ -2,20 +2,43 @@
 
 Forwards every request to ``upstream``; on a seeded ``fault_rate`` share of
 requests it instead answers 429 (with ``Retry-After: 0``), answers 500, or
-hangs for ``hang_s`` seconds and then drops the connection (a client-side
-timeout).  Which request gets which fault is decided by ``random.Random(seed)``
-in arrival order, so a run is reproducible up to thread scheduling.
-``counts`` records what was done.
+hangs for ``hang_s`` seconds (or until the client gives up) and then drops
+the connection (a client-side timeout).  Which request gets which fault is
+decided by ``random.Random(seed)`` in arrival order, so a run is reproducible
+up to thread scheduling.  ``counts`` records what was done.
+
+Like a real reverse proxy, it forwards the client's headers and, when the
+client hangs up before the upstream answered (its timeout fired), it closes
+the upstream connection too, so the server can drop the abandoned request
+(``counts["abandoned"]``).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import select
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+_HOP_BY_HOP = {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+
+
+def _peer_closed(sock: socket.socket, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` for ``sock`` to become readable; True if the peer closed it (EOF/reset)."""
+    try:
+        r, _, _ = select.select([sock], [], [], max(0.0, wait_s))
+        if r and sock.recv(1, socket.MSG_PEEK) == b"":
+            return True
+        if r:  # readable but not closed (a pipelined request): do not spin on it
+            time.sleep(max(0.0, min(wait_s, 0.05)))
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 class FaultProxy:
@@ -26,7 +49,10 @@ class FaultProxy:
         self.hang_s = hang_s
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"forwarded": 0, "429": 0, "500": 0, "timeout": 0}
+        self.counts = {"forwarded": 0, "429": 0, "500": 0, "timeout": 0, "abandoned": 0}
+        up = urllib.parse.urlsplit(self.upstream)
+        self._up_host, self._up_port = up.hostname or "127.0.0.1", up.port or 80
+        self._up_prefix = up.path.rstrip("/")
         proxy = self
 
         class H(BaseHTTPRequestHandler):
@@ -58,16 +84,32 @@ class FaultProxy:
                     self._reply(500, json.dumps({"error": {"message": "server error (injected)"}}).encode())
                     return
                 if kind == "timeout":
-                    time.sleep(proxy.hang_s)
+                    end = time.monotonic() + proxy.hang_s
+                    while time.monotonic() < end and not _peer_closed(self.connection, min(0.2, end - time.monotonic())):
+                        pass
                     self.close_connection = True
                     return
-                req = urllib.request.Request(proxy.upstream + self.path, data=data, method=method,
-                                             headers={"Content-Type": "application/json"})
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                conn = http.client.HTTPConnection(proxy._up_host, proxy._up_port, timeout=600)
                 try:
-                    with urllib.request.urlopen(req, timeout=600) as resp:
-                        self._reply(resp.status, resp.read())
-                except urllib.error.HTTPError as e:
-                    self._reply(e.code, e.read())
+                    conn.request(method, proxy._up_prefix + self.path, body=data, headers=headers)
+                    while True:  # wait for the upstream's answer; give up with the client
+                        r, _, _ = select.select([conn.sock, self.connection], [], [], 1.0)
+                        if conn.sock in r:
+                            break
+                        if self.connection in r and _peer_closed(self.connection, 0.05):
+                            with proxy.lock:
+                                proxy.counts["abandoned"] += 1
+                            self.close_connection = True
+                            return
+                    resp = conn.getresponse()
+                    body = resp.read()
+                finally:
+                    conn.close()  # on abandon: the upstream sees EOF and drops the request
+                try:
+                    self._reply(resp.status, body)
+                except OSError:
+                    self.close_connection = True
 
             def do_GET(self):
                 self._handle("GET")

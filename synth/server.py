@@ -14,18 +14,80 @@ them by sampling parameters and runs each group as ONE left-padded
 ``generate`` call.  So N concurrent clients cost about one forward pass per
 token instead of N — that is what ``--concurrency`` buys against this server.
 
-Run: ``python -m synth serve --port 8011 [--max-batch 8]``.
+Abandoned requests are dropped.  A client that timed out (or a proxy in front
+of us that saw its client go) closes its connection; the request thread polls
+its socket while it waits and then marks the job cancelled.  A job is also
+cancelled at its deadline: ``request_timeout_s`` or, when the client says so,
+its own read timeout (the ``x-stainless-read-timeout`` header the ``openai``
+client sends), whichever is sooner.  The batcher skips cancelled jobs still in
+the queue, and a stopping criterion ends a cancelled row of a running batch at
+the next token (the whole ``generate`` stops once every row is finished or
+cancelled).  Without this, retries of timed-out clients queue behind work
+nobody waits for, and on a slow CPU the queue never drains.
+``Batcher.stats`` / ``GET /health`` count what was dropped.
+
+Run: ``python -m synth serve --port 8011 [--max-batch 8] [--threads 1]``.
 """
 from __future__ import annotations
 
 import json
 import queue
+import select
+import socket
 import threading
 import time
 import uuid
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Sequence
+
+
+class Job:
+    """One queued request: what to generate, where the answer goes, and whether anyone still waits."""
+
+    __slots__ = ("messages", "params", "future", "cancelled", "deadline")
+
+    def __init__(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None):
+        self.messages = messages
+        self.params = params
+        self.future: Future = Future()
+        self.cancelled = threading.Event()
+        self.deadline = deadline  # time.monotonic() after which nobody waits for the answer
+
+    def gone(self) -> bool:
+        return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+
+def _local_generate(backend, convs: Sequence[list[dict[str, str]]], params: dict[str, Any],
+                    gone: Callable[[], list[bool]], run: dict[str, Any]) -> list[str]:
+    """:meth:`LocalBackend.complete_many` plus a stopping criterion that ends cancelled rows.
+
+    ``run["steps"]`` counts the tokens generated (decoding steps)."""
+    torch = backend._torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            run["steps"] += 1
+            return torch.tensor(gone(), dtype=torch.bool, device=input_ids.device)
+
+    tok = backend.tok
+    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in convs]
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=backend.max_prompt_tokens)
+    temp = float(params.get("temperature", 0.0))
+    kw: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", 64)), "pad_token_id": tok.pad_token_id,
+                          "stopping_criteria": StoppingCriteriaList([Cancelled()])}
+    if temp > 0:
+        kw.update(do_sample=True, temperature=temp, top_p=float(params.get("top_p", 1.0)))
+    else:
+        kw.update(do_sample=False)
+    with backend._lock, torch.inference_mode():
+        if temp > 0:
+            torch.manual_seed(int(params.get("seed", 0)))
+        out = backend.lm.generate(**enc, **kw)
+    n = enc["input_ids"].shape[1]
+    return [tok.decode(o[n:], skip_special_tokens=True).strip() for o in out]
 
 
 class Batcher:
@@ -35,38 +97,93 @@ class Batcher:
         self.batch_wait_s = batch_wait_s
         self.q: queue.Queue = queue.Queue()
         self.batches: list[int] = []  # sizes of the batches run (for benchmarks / tests)
+        # one dict per batch run: size, max_tokens, steps (tokens generated; None for a backend
+        # without a model we can stop), cancelled (rows whose client left during generation)
+        self.runs: list[dict[str, Any]] = []
+        # dropped_queued: cancelled before generation; cancelled_running: rows ended mid-generation;
+        # completed: answers handed to a waiting request
+        self.stats = {"dropped_queued": 0, "cancelled_running": 0, "completed": 0}
+        self._cancellable = hasattr(backend, "lm") and hasattr(backend, "tok") and hasattr(backend, "_lock")
         self._t = threading.Thread(target=self._loop, daemon=True, name="batcher")
         self._t.start()
 
-    def submit(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Future:
-        f: Future = Future()
-        self.q.put((messages, params, f))
-        return f
+    def submit_job(self, job: Job) -> Job:
+        self.q.put(job)
+        return job
+
+    def submit(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None) -> Future:
+        return self.submit_job(Job(messages, params, deadline)).future
+
+    def _drop(self, job: Job) -> None:
+        self.stats["dropped_queued"] += 1
+        job.future.cancel()
+
+    def _take(self, job: Job, items: list[Job]) -> None:
+        if job.gone():
+            self._drop(job)
+        else:
+            items.append(job)
 
     def _loop(self) -> None:
         while True:
-            first = self.q.get()
-            items = [first]
+            items: list[Job] = []
+            self._take(self.q.get(), items)
+            if not items:
+                continue
             deadline = time.monotonic() + self.batch_wait_s
             while len(items) < self.max_batch:
                 left = deadline - time.monotonic()
                 try:
-                    items.append(self.q.get(timeout=max(0.0, left)) if left > 0 else self.q.get_nowait())
+                    self._take(self.q.get(timeout=left) if left > 0 else self.q.get_nowait(), items)
                 except queue.Empty:
                     break
-            groups: dict[str, list] = {}
+            groups: dict[str, list[Job]] = {}
             for it in items:
-                key = json.dumps({k: v for k, v in it[1].items() if k != "seed"}, sort_keys=True)
+                key = json.dumps({k: v for k, v in it.params.items() if k != "seed"}, sort_keys=True)
                 groups.setdefault(key, []).append(it)
             for grp in groups.values():
-                self.batches.append(len(grp))
+                live = []
+                for j in grp:  # a group may have waited behind another one
+                    if j.gone():
+                        self._drop(j)
+                    else:
+                        live.append(j)
+                if not live:
+                    continue
+                self.batches.append(len(live))
+                run: dict[str, Any] = {"size": len(live), "max_tokens": live[0].params.get("max_tokens"),
+                                       "steps": 0 if self._cancellable else None, "cancelled": 0}
+                self.runs.append(run)
                 try:
-                    outs = self.backend.complete_many([g[0] for g in grp], grp[0][1])
-                    for g, o in zip(grp, outs):
-                        g[2].set_result(o)
+                    if self._cancellable:
+                        outs = _local_generate(self.backend, [j.messages for j in live], live[0].params,
+                                               lambda: [j.gone() for j in live], run)
+                    else:
+                        outs = self.backend.complete_many([j.messages for j in live], live[0].params)
                 except Exception as e:  # every waiting request gets the error
-                    for g in grp:
-                        g[2].set_exception(e)
+                    for j in live:
+                        if j.future.set_running_or_notify_cancel():
+                            j.future.set_exception(e)
+                    continue
+                for j, o in zip(live, outs):
+                    if j.gone():
+                        self.stats["cancelled_running"] += 1
+                        run["cancelled"] += 1
+                        j.future.cancel()
+                    elif j.future.set_running_or_notify_cancel():
+                        self.stats["completed"] += 1
+                        j.future.set_result(o)
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the peer closed (EOF or reset) its side of ``sock``; never blocks."""
+    try:
+        r, _, _ = select.select([sock], [], [], 0)
+        if not r:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""  # data would be a pipelined request: still there
+    except (OSError, ValueError):
+        return True
 
 
 def _params(body: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +196,17 @@ def _params(body: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600.0):
+def _client_timeout(headers) -> float | None:
+    """The client's own read timeout in seconds, when it sends one (the ``openai`` client does)."""
+    v = headers.get("x-stainless-read-timeout")
+    try:
+        t = float(v) if v else None
+    except ValueError:
+        return None
+    return t if t and t > 0 else None
+
+
+def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600.0, poll_s: float = 0.1):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -88,11 +215,14 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
 
         def _send(self, code: int, obj: Any) -> None:
             data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client left while we answered
+                self.close_connection = True
 
         def _error(self, code: int, msg: str) -> None:
             self._send(code, {"error": {"message": msg, "type": "invalid_request_error" if code < 500 else "server_error"}})
@@ -101,7 +231,7 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 self._send(200, {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "workbench"}]})
             elif self.path == "/health":
-                self._send(200, {"ok": True, "batches": len(batcher.batches)})
+                self._send(200, {"ok": True, "batches": len(batcher.batches), "queued": batcher.q.qsize(), **batcher.stats})
             else:
                 self._error(404, f"no route {self.path}")
 
@@ -109,6 +239,7 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
             if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                 self._error(404, f"no route {self.path}")
                 return
+            arrived = time.monotonic()
             try:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
@@ -120,11 +251,30 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
             except (ValueError, KeyError, TypeError) as e:
                 self._error(400, f"bad request: {e}")
                 return
-            try:
-                text = batcher.submit(msgs, params).result(timeout=request_timeout_s)
-            except Exception as e:
-                self._error(500, f"generation failed: {type(e).__name__}: {e}")
-                return
+            limit = request_timeout_s
+            ct = _client_timeout(self.headers)
+            if ct is not None:
+                limit = min(limit, ct)
+            job = batcher.submit_job(Job(msgs, params, deadline=arrived + limit))
+            while True:
+                try:
+                    text = job.future.result(timeout=poll_s)
+                    break
+                except FutureTimeout:
+                    if _client_gone(self.connection):  # nobody to answer: drop the work, close quietly
+                        job.cancelled.set()
+                        self.close_connection = True
+                        return
+                    if job.gone():  # deadline passed (the batcher may already have dropped it)
+                        job.cancelled.set()
+                        self._error(504, f"not answered within {limit:g} s")
+                        return
+                except Exception as e:  # CancelledError (deadline) or the generation's own error
+                    if job.gone():
+                        self._error(504, f"not answered within {limit:g} s")
+                    else:
+                        self._error(500, f"generation failed: {type(e).__name__}: {e}")
+                    return
             self._send(200, {
                 "id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model") or model_id,
@@ -136,14 +286,24 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
 
 
 def serve(host: str = "127.0.0.1", port: int = 8011, model: str = "embedded:smollm2-135m-instruct",
-          max_batch: int = 8, batch_wait_s: float = 0.02, backend=None, ready: threading.Event | None = None):
-    """Build and return (server, batcher); call ``server.serve_forever()`` to run it."""
+          max_batch: int = 8, batch_wait_s: float = 0.02, backend=None, ready: threading.Event | None = None,
+          request_timeout_s: float = 600.0, threads: int | None = None):
+    """Build and return (server, batcher); call ``server.serve_forever()`` to run it.
+
+    ``request_timeout_s``: a request not answered by then is dropped (504).  ``threads``: torch
+    intra-op threads for this process (None = torch's default).  On a small CPU shared with
+    other work, 1 thread is much faster than 2 spinning OpenMP threads that get preempted.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     if backend is None:
         from .backends import LocalBackend
 
         backend = LocalBackend(model, max_batch=max_batch)
     batcher = Batcher(backend, max_batch=max_batch, batch_wait_s=batch_wait_s)
-    srv = ThreadingHTTPServer((host, port), make_handler(batcher, model))
+    srv = ThreadingHTTPServer((host, port), make_handler(batcher, model, request_timeout_s))
     srv.daemon_threads = True
     return srv, batcher
 
@@ -157,9 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct", help="local folder or embedded:… (default: the embedded SmolLM2)")
     ap.add_argument("--max-batch", type=int, default=8, help="most requests generated in one batch (default 8; 1 = no batching)")
     ap.add_argument("--batch-wait", type=float, default=0.02, help="seconds the batcher waits for more requests (default 0.02)")
+    ap.add_argument("--request-timeout", type=float, default=600.0,
+                    help="seconds after which an unanswered request is dropped (default 600; a shorter client read "
+                         "timeout sent by the openai client wins)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default 0 = torch's default; 1 is faster on a small, busy CPU)")
     a = ap.parse_args(argv)
-    srv, _ = serve(a.host, a.port, a.model, a.max_batch, a.batch_wait)
-    print(json.dumps({"listening": f"http://{a.host}:{srv.server_address[1]}/v1", "model": a.model, "max_batch": a.max_batch}), flush=True)
+    srv, _ = serve(a.host, a.port, a.model, a.max_batch, a.batch_wait, request_timeout_s=a.request_timeout,
+                   threads=a.threads or None)
+    print(json.dumps({"listening": f"http://{a.host}:{srv.server_address[1]}/v1", "model": a.model, "max_batch": a.max_batch,
+                      "threads": a.threads or None}), flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

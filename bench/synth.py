@@ -13,8 +13,9 @@ greedy) through :class:`synth.backends.OpenAIBackend` and
 
 Prints JSON and writes it to ``bench/results/synth.json`` (``--out``)::
 
-    python bench/synth.py                       # n=8, max_tokens=16, max_batch=8
+    python bench/synth.py                       # n=8, max_tokens=16, max_batch=8, torch's default threads
     python bench/synth.py --max-batch 1 --out bench/results/synth-nobatch.json
+    python bench/synth.py --threads 1 --out bench/results/synth-1thread.json   # a small CPU busy with other work
 
 Targets (issue 6): concurrency 8 >= 4x sequential *when the server can batch*;
 cached rerun >= 100x faster than the first run.  CPU batching gains are bounded
@@ -68,6 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=8, help="server batch limit (1 = no batching)")
+    ap.add_argument("--batch-wait", type=float, default=0.1,
+                    help="seconds the server's batcher waits for more requests (default 0.1; the server's own default is 0.02)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="server torch threads (default 0 = torch's default; on a small CPU busy with other work "
+                         "1 thread can be several times faster than preempted OpenMP threads)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/synth.json"))
     a = ap.parse_args(argv)
 
@@ -82,7 +88,8 @@ def main(argv=None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), "--max-batch", str(a.max_batch)],
+    proc = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), "--max-batch", str(a.max_batch),
+                             "--threads", str(a.threads), "--batch-wait", str(a.batch_wait)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_ready(url, proc)
@@ -118,6 +125,7 @@ def main(argv=None) -> int:
     assert all(r.text is not None for r in seq + par + cached)
     out = {
         "n_requests": a.n, "max_tokens": a.max_tokens, "server_max_batch": a.max_batch,
+        "server_threads": a.threads or "torch default", "server_batch_wait_s": a.batch_wait,
         "sequential": {"seconds": round(t_seq, 3), "req_per_s": round(a.n / t_seq, 3), "server_batches": b1 - b0},
         f"concurrency_{a.concurrency}": {"seconds": round(t_par, 3), "req_per_s": round(a.n / t_par, 3),
                                          "server_batches": b2 - b1, "mean_batch": round(a.n / max(1, b2 - b1), 2)},

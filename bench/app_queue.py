@@ -225,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         "apptest": app,
         "target": "queue view renders in < 1000 ms",
         "meets_target": (app["skip_rerun_max_ms"] < 1000 and max(app["filter_change_rerun_ms"]) < 1000
-                         and app["second_labeler_sign_in_to_review_page_ms"] < 1000),
-        "note": "the first render of a fresh server process also pays one-time imports (pandas/pyarrow for tables); "
-                "every later render, for any labeler, is the rerun numbers",
+                         and app["second_labeler_sign_in_to_review_page_ms"] < 1000
+                         and app["sign_in_to_review_page_ms (first session of a fresh process: one-time imports)"] < 1000),
+        "note": "the first Review render of a fresh process counts toward the target; the Review page's small tables "
+                "are HTML (no st.dataframe), so it no longer imports pandas/pyarrow (was ~0.7 s, 1.4 s first render); "
+                "the login page time includes importing app.py's modules in the AppTest process",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "note": "2 CPU cores shared with other jobs; timings are upper bounds"},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -158,12 +158,17 @@ class LocalBackend:
     def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
         return self.complete_many([messages], params)[0]
 
-    def complete_many(self, convs: Sequence[list[dict[str, str]]], params: dict[str, Any]) -> list[str]:
+    def complete_many(self, convs: Sequence[list[dict[str, str]]], params: dict[str, Any],
+                      stopping_criteria=None) -> list[str]:
+        """Batched greedy (or seeded sampling) generation; ``stopping_criteria`` (transformers) can end rows
+        early — the local server uses it to stop rows whose clients have gone."""
         torch = self._torch
         texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in convs]
         enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_prompt_tokens)
         temp = float(params.get("temperature", 0.0))
         kw: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", 64)), "pad_token_id": self.tok.pad_token_id}
+        if stopping_criteria is not None:
+            kw["stopping_criteria"] = stopping_criteria
         if temp > 0:
             kw.update(do_sample=True, temperature=temp, top_p=float(params.get("top_p", 1.0)))
         else:

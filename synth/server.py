@@ -72,22 +72,7 @@ def _local_generate(backend, convs: Sequence[list[dict[str, str]]], params: dict
             run["steps"] += 1
             return torch.tensor(gone(), dtype=torch.bool, device=input_ids.device)
 
-    tok = backend.tok
-    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in convs]
-    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=backend.max_prompt_tokens)
-    temp = float(params.get("temperature", 0.0))
-    kw: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", 64)), "pad_token_id": tok.pad_token_id,
-                          "stopping_criteria": StoppingCriteriaList([Cancelled()])}
-    if temp > 0:
-        kw.update(do_sample=True, temperature=temp, top_p=float(params.get("top_p", 1.0)))
-    else:
-        kw.update(do_sample=False)
-    with backend._lock, torch.inference_mode():
-        if temp > 0:
-            torch.manual_seed(int(params.get("seed", 0)))
-        out = backend.lm.generate(**enc, **kw)
-    n = enc["input_ids"].shape[1]
-    return [tok.decode(o[n:], skip_special_tokens=True).strip() for o in out]
+    return backend.complete_many(convs, params, stopping_criteria=StoppingCriteriaList([Cancelled()]))
 
 
 class Batcher:

@@ -34,12 +34,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / "bench" / ".gpu"
-SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, rope_theta=100000.0),
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, rope_theta=500000.0),
-}
+sys.path.insert(0, str(ROOT / "bench"))
+from train_speed import SHAPES as BENCH_SHAPES  # noqa: E402  (the benchmark's model shapes, one definition)
+
+# the same shapes with the embedded tokenizer's vocabulary (set in build_model)
+SHAPES = {name: {k: v for k, v in BENCH_SHAPES[src].items() if k != "vocab_size"}
+          for name, src in (("smollm2-135m", "smol135m"), ("llama-1b", "llama1b"))}
 RUNS = [("fast", []), ("trl", ["--engine", "trl"]), ("trl-packing", ["--engine", "trl", "--packing", "true"])]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-IGNORE = -100
+from .packing import IGNORE
 
 
 def tokenize_example(tokenizer, messages: Sequence[dict[str, Any]], template: str, max_length: int) -> dict:

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from .kernels import apply_liger, liger_available, linear_cross_entropy
-from .packing import collate_rows, pack_examples
+from .packing import IGNORE, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
 
@@ -195,7 +195,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             prefix = PrefixCache(body, examples, k, cfg.max_length, device,
                                  torch.bfloat16 if cuda else torch.float32, autocast)
     per_step = cfg.batch_size * cfg.grad_accum * world
-    n_tgt = [sum(y != -100 for y in e["labels"][1:]) for e in examples]
+    n_tgt = [sum(y != IGNORE for y in e["labels"][1:]) for e in examples]
     spe = max(1, math.ceil(len(examples) / per_step))
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(spe * cfg.epochs))
     trainable = [p for p in pm.parameters() if p.requires_grad]
@@ -228,9 +228,11 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
     t_train = time.time()
     step = start
+    order, order_epoch = [], -1
     for step in range(start + 1, total + 1):
         e, j = divmod(step - 1, spe)
-        order = epoch_order(len(examples), cfg.seed, e)
+        if e != order_epoch:  # one permutation per epoch, not per step
+            order, order_epoch = epoch_order(len(examples), cfg.seed, e), e
         idx_global = order[j * per_step:(j + 1) * per_step]
         n_targets = sum(n_tgt[i] for i in idx_global) or 1
         idx = idx_global[rank::world]

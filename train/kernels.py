@@ -18,7 +18,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from .packing import IGNORE
 
 
 def liger_available() -> bool:

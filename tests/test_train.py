@@ -269,3 +269,38 @@ def test_tokenized_set_cached_by_snapshot_hash(tok, tmp_path):
     next(tmp_path.glob("tok-*.pkl")).write_bytes(b"torn")  # a damaged cache file is rebuilt, not trusted
     assert all(cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, m, [k], tmp_path)[0].examples
                for m, k in ((64, "sha-1"), (63, "sha-1"), (64, "sha-2")))
+
+
+def test_grad_accum_splits_the_step_but_not_the_result(tok, tiny_model, tmp_path):
+    """grad_accum=3 runs a step in 3 micro-batches (less memory) and gives the same loss as one batch."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import train.engine as eng
+    from train.recipe import lora_config
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"query {i} " + "word " * (i % 9)},
+                                        {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
+    ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64)
+    calls, orig = [], eng.collate_rows
+
+    def spy(rws, *a, **k):
+        calls.append(len(rws))
+        return orig(rws, *a, **k)
+
+    out = {}
+    for accum, bs in ((1, 12), (3, 4)):
+        calls.clear()
+        cfg = TrainConfig(max_steps=1, batch_size=bs, grad_accum=accum, max_length=64, lora_dropout=0.0, logging_steps=1)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        pm = get_peft_model(model, lora_config(cfg, model))
+        logged = []
+        eng.collate_rows = spy
+        try:
+            eng.train_engine(cfg, pm, tok, ts.examples, tmp_path, device="cpu", quant="none", resume_ckpt=None,
+                             log_metrics=logged.append)
+        finally:
+            eng.collate_rows = orig
+        out[accum] = (logged[0]["loss"], list(calls))
+    assert len(out[1][1]) == 1 and len(out[3][1]) == 3
+    assert out[1][0] == pytest.approx(out[3][0], rel=1e-5)

@@ -218,7 +218,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
     pm.train()
-    micro_rows: int | None = None  # None: all rows of a step at once; halved on CUDA OOM
+    micro_rows: int | None = None  # None: a step's rows split into grad_accum micro-batches; set (halved) on CUDA OOM
     # under a memory cap, start with activation checkpointing: a failed try without it leaves the allocator
     # fragmented at the cap, and checkpointing with big micro-batches beats small ones without it
     checkpoint_layers = bool(cuda and getattr(cfg, "gpu_memory_gib", 0))
@@ -259,14 +259,14 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         while True:
             try:
                 step_loss = 0.0
-                m = micro_rows or len(rows) or 1
+                m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
                 for s in range(0, len(rows), m):
                     step_loss += micro_step(rows[s:s + m], members[s:s + m])
                 break
             except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-                m = micro_rows or len(rows) or 1
+                m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
                 if not checkpoint_layers:  # cheaper than smaller micro-batches (measured in bench/train_speed.py)
                     checkpoint_layers = True
                 elif m > 1:

@@ -38,13 +38,14 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .template import serving_template
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -204,21 +205,6 @@ def _sha_dir(d: Path, pattern: str = "adapter_model.*") -> str:
 
 
 # ---------------------------------------------------------------- templates
-
-_GEN_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
-
-
-def serving_template(train_template: str) -> str:
-    """The training template without ``{% generation %}`` markers (same rendering).
-
-    The markers only tell transformers which tokens are assistant tokens; Jinja
-    engines used for serving (llama.cpp's, Ollama's importer) do not know the
-    tag.  Each is replaced by an always-true ``if`` keeping its whitespace
-    control, so the rendered text is identical.
-    """
-    return _GEN_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}",
-                        train_template)
-
 
 def renderer(tok, template: str | None = None):
     def render(messages: list[dict]) -> str:

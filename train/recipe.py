@@ -24,7 +24,7 @@ from curate import snapshot as snap
 from curate.store import open_store
 
 from .config import TrainConfig
-from .template import TemplateMismatch, preflight, training_template
+from .template import TemplateMismatch, preflight, serving_template, training_template
 
 
 class TrainError(RuntimeError):
@@ -312,7 +312,8 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     base_template = tok.chat_template
     train_tpl = training_template(tok)
     try:
-        marked = preflight(tok, train_rows, train_tpl, train_tpl, base_template)
+        # serving = what export writes for llama.cpp/Ollama: the markers become always-true ifs
+        marked = preflight(tok, train_rows, train_tpl, serving_template(train_tpl), base_template)
     except TemplateMismatch as e:
         raise TrainError(f"template preflight failed: {e}") from None
     log("preflight: one training example as the model sees it (trained tokens in ⟦…⟧):\n" + marked)

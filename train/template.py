@@ -10,6 +10,7 @@ is an exact prefix, in text and in token ids, of what training saw.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -27,6 +28,21 @@ CHATML_WITH_GENERATION = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+_GEN_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def serving_template(train_template: str) -> str:
+    """The training template without ``{% generation %}`` markers (same rendering).
+
+    The markers only tell transformers which tokens are assistant tokens; Jinja
+    engines used for serving (llama.cpp's, Ollama's importer) do not know the
+    tag.  Each is replaced by an always-true ``if`` keeping its whitespace
+    control, so the rendered text is identical.
+    """
+    return _GEN_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}",
+                        train_template)
 
 
 class TemplateMismatch(RuntimeError):

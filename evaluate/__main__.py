@@ -129,7 +129,12 @@ def evaluate_run(run_dir: Path, limit: int | None = None, batch_size: int = 16, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m evaluate", description=(
+        "Compare the tuned adapter of a run with its base model on the held-out split of the run's snapshot "
+        "(verified again first). Greedy, batched generation with the run's chat template for both; scores by task "
+        "type: label accuracy and macro-F1 for closed label sets, exact match, ROUGE-L, JSON validity for JSON "
+        "answers, each with base, tuned, delta and a 95% paired bootstrap interval. Writes report.md, report.json "
+        "and report.png into the run folder. Guide: docs/train.md"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished `python -m train` run folder")
     p.add_argument("--limit", type=int, help="evaluate only the first N held-out examples (by id)")

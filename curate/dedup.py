@@ -4,10 +4,13 @@ Detectors (all three unless some are named):
 
 * ``--exact``     same text after normalisation (NFKC, lower case, every run of
                   non-letters/digits → one space, stripped; see curate/minhash.py);
-* ``--near``      MinHash + LSH at Jaccard ``--threshold`` (default 0.8) on word
-                  3-gram or char 5-gram shingles (``--shingle auto`` picks char
-                  5-grams when the median text has < 12 words); LSH bands/rows are
-                  derived from the threshold, candidates verified by estimated Jaccard;
+* ``--near``      shingle Jaccard ≥ ``--threshold`` (default 0.8) on word 3-gram
+                  or char 5-gram shingles (``--shingle auto`` picks char 5-grams
+                  when the median text has < 12 words): MinHash + LSH finds
+                  candidates (bands/rows derived from the threshold so that a pair
+                  AT the threshold becomes a candidate with probability ≥ 0.99),
+                  then each candidate pair is verified by the exact Jaccard of
+                  its two shingle sets (docs/dedup.md);
 * ``--semantic``  sentence-embedding cosine ≥ ``--cosine`` (default 0.95,
                   calibrated on BANKING77: see docs/dedup.md), embeddings cached
                   per record so a rerun embeds only new records.
@@ -37,7 +40,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -100,7 +103,8 @@ class Corpus:
     origin: list[str] = field(default_factory=list)
     status: list[str] = field(default_factory=list)
     seq: list[int] = field(default_factory=list)
-    sig: np.ndarray | None = None
+    keys: np.ndarray | None = None  #: (bands, n) LSH band keys (curate.minhash.lsh_keys_of)
+    sig: np.ndarray | None = None  #: (n, num_perm) signatures, only kept for a Redis index
     exact: np.ndarray | None = None
     emb: np.ndarray | None = None
     shingle: str = ""
@@ -116,11 +120,13 @@ def _bar(total: int, desc: str, on: bool):
 
 def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None = None, *,
                 progress: bool = False, embed_stats=None) -> Corpus:
-    """Stream records, computing signatures / exact hashes / embeddings batch by batch."""
+    """Stream records, computing LSH band keys / exact hashes / embeddings batch by batch
+    (full signatures too only when the LSH index goes to Redis, which needs them)."""
     from .embed import embed
 
     c = Corpus()
-    sigs, exacts, embs = [], [], []
+    b, r = mh.lsh_params(cfg.threshold, cfg.num_perm)
+    keys, sigs, exacts, embs = [], [], [], []
     bar = _bar(store.count(filters), "dedup: hashing", progress)
     batch: list[Example] = []
 
@@ -128,9 +134,11 @@ def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None =
         texts = [record_text(e, cfg.field) for e in batch]
         if not c.shingle:
             c.shingle = mh.choose_shingle(texts, cfg.shingle)
-        s, x = mh.signatures_of(texts, c.shingle, cfg.num_perm, batch=cfg.batch)
-        sigs.append(s)
+        k_, x = mh.lsh_keys_of(texts, c.shingle, cfg.num_perm, b, r, batch=cfg.batch)
+        keys.append(k_)
         exacts.append(x)
+        if cfg.redis_url:
+            sigs.append(mh.signatures_of(texts, c.shingle, cfg.num_perm, batch=cfg.batch)[0])
         if "semantic" in cfg.detectors:
             embs.append(embed(store, [e.id for e in batch], texts, model=cfg.model, field=cfg.field,
                               progress=progress, stats=embed_stats))
@@ -152,10 +160,27 @@ def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None =
         flush()
     if bar:
         bar.close()
-    c.sig = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
+    c.keys = np.concatenate(keys, axis=1) if keys else np.zeros((b, 0), np.uint64)
+    c.sig = np.concatenate(sigs) if sigs else None
     c.exact = np.concatenate(exacts) if exacts else np.zeros(0, np.uint64)
     c.emb = np.concatenate(embs) if embs else None
     return c
+
+
+def store_texts(store: Store, ids: list[str], fld: str) -> Callable[[np.ndarray], list[str]]:
+    """rows → their ``fld`` texts, fetched from the store (the corpus keeps no texts;
+    exact verification needs them only for the rows of candidate pairs)."""
+
+    def get(rows: np.ndarray) -> list[str]:
+        want = [ids[i] for i in rows.tolist()]
+        by_id = {e.id: record_text(e, fld) for e in store.get_many(want)}
+        missing = [i for i in want if i not in by_id]
+        if missing:
+            raise RuntimeError(f"{len(missing)} record(s) vanished from the store during the run, "
+                               f"e.g. {missing[0]}; rerun")
+        return [by_id[i] for i in want]
+
+    return get
 
 
 def redis_near_candidates(sig: np.ndarray, keys: list[str], rows: np.ndarray, b: int, r: int,
@@ -182,23 +207,24 @@ def redis_near_candidates(sig: np.ndarray, keys: list[str], rows: np.ndarray, b:
     return mh.unique_pairs(np.array(pairs, dtype=np.int64).reshape(-1, 2)), foreign
 
 
-def find_pairs(c: Corpus, cfg: DedupConfig, rows: np.ndarray, b: int, r: int,
+def find_pairs(c: Corpus, cfg: DedupConfig, rows: np.ndarray, b: int, r: int, texts: mh.TextSource,
                progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Pairs (global row indices) and scores per detector among ``rows``."""
+    """Pairs (global row indices) and scores per detector among ``rows``; ``texts``
+    gives the texts of candidate rows for the exact Jaccard of the near detector."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "exact" in cfg.detectors:
         p = mh.exact_pairs(c.exact[rows])
         out["exact"] = (rows[p] if len(p) else p, np.ones(len(p), np.float32))
     if "near" in cfg.detectors:
-        ok = rows[mh.nonempty(c.sig[rows])]
+        ok = rows[c.exact[rows] != 0]  # texts with at least one word
         if cfg.redis_url:
             base = cfg.redis_basename or f"workbench-lsh-{int(time.time() * 1000)}"
             cand, foreign = redis_near_candidates(c.sig, c.ids, ok, b, r, mh.redis_storage_config(cfg.redis_url, base))
             c.__dict__.setdefault("redis_foreign", 0)
             c.__dict__["redis_foreign"] += foreign
         else:
-            cand = mh.lsh_candidates(c.sig, b, r, ok)
-        p, s = mh.near_pairs(c.sig, cfg.threshold, b, r, candidates=cand)
+            cand = mh.lsh_candidates_keys(c.keys, ok)
+        p, s = mh.verify_pairs(cand, texts, c.shingle, cfg.threshold)
         out["near"] = (p, s)
     if "semantic" in cfg.detectors and c.emb is not None and len(rows):
         from .embed import cosine_pairs
@@ -256,7 +282,7 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
     if not -1 <= cfg.cosine <= 1:
         raise ValueError(f"--cosine must be in [-1, 1], got {cfg.cosine}")
     t0 = time.time()
-    b, r = mh.optimal_params(cfg.threshold, cfg.num_perm)
+    b, r = mh.lsh_params(cfg.threshold, cfg.num_perm)
     est = EmbedStats()
     c = load_corpus(store, cfg, progress=progress, embed_stats=est)
     t_load = time.time() - t0
@@ -267,7 +293,7 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
         rows = np.flatnonzero(split_arr == sp)
         if not len(rows):
             continue
-        pairs = find_pairs(c, cfg, rows, b, r, progress=progress)
+        pairs = find_pairs(c, cfg, rows, b, r, store_texts(store, c.ids, cfg.field), progress=progress)
         cl, pd = cluster(c, pairs)
         for cc in cl:
             cc["split"] = sp
@@ -298,7 +324,8 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
         "kept": len(c.ids) - removed,
         "detectors": per_det,
         "params": {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": b, "rows": r,
-                   "shingle": c.shingle, "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
+                   "candidate_probability_at_threshold": round(mh.candidate_probability(cfg.threshold, b, r), 4),
+                   "near_verification": "exact Jaccard", "shingle": c.shingle, "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
                    "model": cfg.model if "semantic" in cfg.detectors else None, "field": cfg.field,
                    "redis": bool(cfg.redis_url)},
         "embeddings": {"cached": est.cached, "computed": est.computed} if "semantic" in cfg.detectors else None,
@@ -382,7 +409,8 @@ def write_report(store: Store, clusters: list[dict[str, Any]], counters: dict[st
 def add_detector_args(p: argparse.ArgumentParser, default_field: str) -> None:
     g = p.add_argument_group("detectors (all three when none is named)")
     g.add_argument("--exact", action="store_true", help="same normalised text")
-    g.add_argument("--near", action="store_true", help="MinHash LSH at Jaccard --threshold")
+    g.add_argument("--near", action="store_true",
+                   help="shingle Jaccard ≥ --threshold (MinHash LSH candidates, verified by exact Jaccard)")
     g.add_argument("--semantic", action="store_true", help="embedding cosine ≥ --cosine")
     g.add_argument("--threshold", type=float, default=0.8, metavar="J", help="Jaccard threshold of --near (default 0.8)")
     g.add_argument("--num-perm", type=int, default=128, help="MinHash signature length, a power of two (default 128)")
@@ -421,7 +449,9 @@ def main(args: argparse.Namespace, store: Store) -> int:
     print(f"read {k['read']} records {k['by_split']}; {k['clusters']} clusters; {k['removed']} flagged duplicate_of; "
           f"{k['kept']} kept  ({k['seconds']} s)")
     pr = k["params"]
-    print(f"near: Jaccard ≥ {pr['threshold']}, {pr['shingle']} shingles, {pr['num_perm']} perms → {pr['bands']} bands × {pr['rows']} rows")
+    print(f"near: Jaccard ≥ {pr['threshold']}, {pr['shingle']} shingles, {pr['num_perm']} perms → {pr['bands']} bands × "
+          f"{pr['rows']} rows (a pair at the threshold is a candidate with p = {pr['candidate_probability_at_threshold']}), "
+          f"candidates verified by exact Jaccard")
     for det, v in k["detectors"].items():
         print(f"  {det:9s} pairs {v['pairs']:7d}  clusters {v['clusters']:6d}  flagged {v['removed']:6d}")
     if k.get("embeddings"):

@@ -2,8 +2,9 @@
 
 Compares the workspace ``train`` records with its ``heldout`` records and with
 every ``--against`` file (an eval set you will report numbers on), using the
-same three detectors as ``curate dedup`` (exact after normalisation, MinHash
-near-duplicates at Jaccard ``--threshold``, embedding cosine ≥ ``--cosine``).
+same three detectors as ``curate dedup`` (exact after normalisation, shingle
+Jaccard ≥ ``--threshold`` — MinHash LSH candidates verified by exact Jaccard —,
+embedding cosine ≥ ``--cosine``).
 By default the *prompts* are compared (``--field user``: the user turns), since
 a test question seen in training inflates the score whatever the answer.
 
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import minhash as mh
-from .dedup import (DETECTORS, DedupConfig, _short, add_detector_args, detectors_from_args, load_corpus,
+from .dedup import (DETECTORS, DedupConfig, _short, add_detector_args, detectors_from_args, load_corpus, store_texts,
                     record_text, reports_dir)
 from .store import Store
 
@@ -141,7 +142,7 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
     from .embed import EmbedStats, cosine_pairs, embed, text_key
 
     t0 = time.time()
-    b, r = mh.optimal_params(cfg.threshold, cfg.num_perm)
+    b, r = mh.lsh_params(cfg.threshold, cfg.num_perm)
     files = [read_eval_file(f, text_column, cfg.field) for f in (against or [])]
     if cfg.shingle == "auto":  # one shingling for both sides, chosen on the train prompts
         sample = [record_text(e, cfg.field) for e in store.query({"split": "train"}, limit=2000)]
@@ -153,11 +154,11 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
     o_src = ["heldout"] * len(held.ids)
     o_id: list[str | None] = list(held.ids)
     o_text: list[str | None] = [None] * len(held.ids)  # fetched from the store when reported
-    sigs, exacts, embs = [held.sig], [held.exact], [held.emb] if held.emb is not None else []
+    keys, exacts, embs = [held.keys], [held.exact], [held.emb] if held.emb is not None else []
     for ef in files:
         texts = [t.text for t in ef.texts]
-        s, x = mh.signatures_of(texts, cfg.shingle, cfg.num_perm, batch=cfg.batch)
-        sigs.append(s)
+        k_, x = mh.lsh_keys_of(texts, cfg.shingle, cfg.num_perm, b, r, batch=cfg.batch)
+        keys.append(k_)
         exacts.append(x)
         if "semantic" in cfg.detectors:
             embs.append(embed(store, [text_key(t) for t in texts], texts, model=cfg.model, field="eval",
@@ -165,7 +166,7 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         o_src += [t.source for t in ef.texts]
         o_id += [None] * len(texts)
         o_text += texts
-    o_sig, o_exact = np.concatenate(sigs), np.concatenate(exacts)
+    o_keys, o_exact = np.concatenate(keys, axis=1), np.concatenate(exacts)
     n_tr = len(train.ids)
     hits: dict[tuple[int, int], tuple[int, str, float]] = {}  # (train row, other row) → (priority, detector, score)
 
@@ -186,12 +187,25 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         pairs = [(i, j) for i, h in enumerate(train.exact.tolist()) if h in index for j in index[h]]
         p = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         per_det["exact"] = {"pairs": add(p, np.ones(len(p), np.float32), "exact")}
-    if "near" in cfg.detectors and n_tr and len(o_sig):
-        allsig = np.concatenate([train.sig, o_sig])
-        ok = np.flatnonzero(mh.nonempty(allsig))
-        cand = mh.lsh_candidates(allsig, b, r, ok)
+    if "near" in cfg.detectors and n_tr and len(o_exact):
+        ok = np.flatnonzero(np.concatenate([train.exact, o_exact]) != 0)  # texts with at least one word
+        cand = mh.lsh_candidates_keys(np.concatenate([train.keys, o_keys], axis=1), ok)
         cross = (cand[:, 0] < n_tr) & (cand[:, 1] >= n_tr)
-        p, s = mh.near_pairs(allsig, cfg.threshold, b, r, candidates=cand[cross])
+        train_texts = store_texts(store, train.ids, cfg.field)
+        held_texts = store_texts(store, [i or "" for i in o_id], cfg.field)
+
+        def texts(rows: np.ndarray) -> list[str]:  # rows: train, then held-out, then eval texts
+            out: list[str | None] = [None] * len(rows)
+            tr = np.flatnonzero(rows < n_tr)
+            for k, t in zip(tr.tolist(), train_texts(rows[tr]) if len(tr) else []):
+                out[k] = t
+            o = rows - n_tr
+            need = [k for k in np.flatnonzero(rows >= n_tr).tolist() if o_text[o[k]] is None]
+            for k, t in zip(need, held_texts(o[need]) if need else []):
+                out[k] = t
+            return [t if t is not None else o_text[o[k]] for k, t in enumerate(out)]  # type: ignore[misc]
+
+        p, s = mh.verify_pairs(cand[cross], texts, cfg.shingle, cfg.threshold)
         p = np.stack([p[:, 0], p[:, 1] - n_tr], axis=1) if len(p) else p
         per_det["near"] = {"pairs": add(p, s, "near")}
     if "semantic" in cfg.detectors and n_tr and embs:
@@ -229,7 +243,9 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         "leaking_train_records": len(by_train),
         "hits_by_source": dict(Counter("heldout" if h["source"] == "heldout" else h["source"].rsplit(":", 1)[0] for h in rows)),
         "detectors": per_det,
-        "params": {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": b, "rows": r, "shingle": cfg.shingle,
+        "params": {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": b, "rows": r,
+                   "candidate_probability_at_threshold": round(mh.candidate_probability(cfg.threshold, b, r), 4),
+                   "near_verification": "exact Jaccard", "shingle": cfg.shingle,
                    "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
                    "model": cfg.model if "semantic" in cfg.detectors else None, "field": cfg.field},
         "embeddings": {"cached": est.cached, "computed": est.computed} if "semantic" in cfg.detectors else None,

@@ -76,10 +76,11 @@ reports do not depend on which one ran. Measured throughput is in
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -376,6 +377,11 @@ def _jit_kernel():
 _JIT_TABLE = np.frombuffer(_ASCII_TABLE, np.uint8).copy()
 _JIT_TABLE[0] = 32
 _SEQ_T: dict[int, np.ndarray] = {}
+# texts per call of a compiled kernel: the joined UTF-8 of 2 048 texts of ~600 bytes
+# (~1.2 MB) stays in cache between "\0".join, encode and the kernel, and malloc reuses it
+# instead of mapping fresh pages per batch (20 000 texts a call page-faulted ~0.5 µs a
+# record in system time at 100 k records; measured, docs/dedup.md)
+JIT_CHUNK = 2048
 
 
 def _raw_bytes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -435,8 +441,8 @@ def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch:
     exact = np.zeros(n, U64)
     i = 0
     while i < n:
-        if kernel is not None:  # no large temporaries: chunks of `batch` texts, ≤ 64·max_chars bytes
-            j = min(n, i + batch)
+        if kernel is not None:  # no large temporaries: chunks of ≤ JIT_CHUNK texts, ≤ 64·max_chars bytes
+            j = min(n, i + min(batch, JIT_CHUNK))
             buf, offs = _raw_bytes(texts[i:j])
             while j - i > 1 and len(buf) > 64 * max_chars:
                 j = i + (j - i) // 2
@@ -452,6 +458,56 @@ def signatures_of(texts: Sequence[str], kind: str = "word", k: int = 128, batch:
         sig[i:j], exact[i:j] = signatures(sh, k, seed), sh.exact
         i = j
     return sig, exact
+
+
+def lsh_keys_of(texts: Sequence[str], kind: str, k: int, b: int, r: int, batch: int = 20000, seed: int = 1,
+                max_chars: int = 1 << 20, jit: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LSH band keys ``(b, n)`` uint64 and exact-text hashes of ``texts``: the keys
+    :func:`band_keys` gives on the rows of :func:`signatures_of`, without keeping the
+    signatures (b·8 bytes a record instead of k·4: 128 B instead of 512 B at 16 bands).
+    Texts without words have exact hash 0 and key 0 (leave them out of the LSH)."""
+    if b * r > k:
+        raise ValueError(f"b·r = {b * r} exceeds the signature length {k}")
+    kernel_mod = _jit_module() if jit is not False else None
+    n = len(texts)
+    keys = np.zeros((b, n), U64)
+    exact = np.zeros(n, U64)
+    if kernel_mod is None:  # numpy path: signatures of a batch, then their band keys
+        for i in range(0, n, batch):
+            s_, x_ = signatures_of(texts[i : i + batch], kind, k, batch, seed, max_chars, jit=False)
+            ok = nonempty(s_)
+            for band in range(b):
+                keys[band, i : i + len(s_)] = np.where(ok, band_keys(s_, band, r), U64(0))
+            exact[i : i + len(s_)] = x_
+        return keys, exact
+    if k not in _SEQ_T:
+        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T)
+    seedmix = _mix64(np.array([seed], U64))[0]
+    i = 0
+    while i < n:
+        j = min(n, i + min(batch, JIT_CHUNK))
+        buf, offs = _raw_bytes(texts[i:j])
+        while j - i > 1 and len(buf) > 64 * max_chars:
+            j = i + (j - i) // 2
+            buf, offs = _raw_bytes(texts[i:j])
+        pw, _ = _powers(int(np.diff(offs).max()) + 2)
+        kernel_mod.keys_kernel(buf, offs, _JIT_TABLE, pw, kind == "char", 3 if kind == "word" else 5, k,
+                               np.uint64(64 - (k.bit_length() - 1)), seedmix, _SEQ_T[k], b, r, keys[:, i:j],
+                               exact[i:j])
+        i = j
+    return keys, exact
+
+
+def lsh_candidates_keys(keys: np.ndarray, rows: np.ndarray | None = None, jit: bool | None = None) -> np.ndarray:
+    """Unique candidate pairs ``(i, j)``, ``i < j``, among columns ``rows`` of the band keys
+    ``keys`` (b, n) of :func:`lsh_keys_of`: the same pairs as :func:`lsh_candidates` on
+    the signatures."""
+    ids = np.arange(keys.shape[1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    mod = _jit_module() if jit is not False else None
+    if mod is not None:
+        return unique_pairs(mod.bucket_pairs(keys, ids, ids, 32))
+    parts = [_pairs_from_keys(keys[band, ids], ids) for band in range(keys.shape[0])]
+    return unique_pairs(np.concatenate(parts)) if parts else np.zeros((0, 2), np.int64)
 
 
 def jaccard_estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 200_000) -> np.ndarray:
@@ -489,6 +545,42 @@ def optimal_params(threshold: float, num_perm: int = 128, weights: tuple[float, 
             err = weights[0] * false_positive_probability(threshold, b, r) + weights[1] * false_negative_probability(threshold, b, r)
             if err < best:
                 best, opt = err, (b, r)
+    return opt
+
+
+def candidate_probability(s: float, b: int, r: int) -> float:
+    """P(s) = 1-(1-s^r)^b: chance that a pair of Jaccard ``s`` shares at least one band."""
+    return 1.0 - (1.0 - float(s) ** r) ** b
+
+
+def lsh_params(threshold: float, num_perm: int = 128, min_candidate: float = 0.99) -> tuple[int, int]:
+    """(bands b, rows r) used by ``curate dedup/leakage --near``: among b·r ≤ num_perm with
+    candidate probability ``P(threshold) ≥ min_candidate``, the one with the smallest
+    false-positive area ``∫_0^t P(s) ds`` (fewest candidates below the threshold, which
+    exact verification then rejects). At fixed r that is the smallest b reaching
+    ``min_candidate``, so only one b per r is tried. t = 0.8, 128 perms → (16, 6):
+    P(0.8) = 0.992. If no (b, r) reaches ``min_candidate`` (very low thresholds), the one
+    with the highest P(threshold) is returned."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"Jaccard threshold must be in (0, 1), got {threshold}")
+    if not 0.0 < min_candidate < 1.0:
+        raise ValueError(f"min_candidate must be in (0, 1), got {min_candidate}")
+    best, opt = float("inf"), None
+    for r in range(1, num_perm + 1):
+        hit = threshold ** r  # one band agrees with probability t^r
+        if hit <= 0.0:
+            break
+        b = max(1, int(math.ceil(math.log(1.0 - min_candidate) / math.log1p(-hit) - 1e-9)))
+        if candidate_probability(threshold, b, r) < min_candidate:
+            b += 1
+        if b * r > num_perm:
+            continue
+        fp = false_positive_probability(threshold, b, r)
+        if fp < best:
+            best, opt = fp, (b, r)
+    if opt is None:
+        opt = max(((num_perm // r, r) for r in range(1, num_perm + 1)),
+                  key=lambda br: candidate_probability(threshold, *br))
     return opt
 
 
@@ -561,15 +653,96 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
     return np.stack([(key >> np.uint64(32)).astype(np.int64), (key & MASK32).astype(np.int64)], axis=1)
 
 
-def near_pairs(sig: np.ndarray, threshold: float, b: int, r: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Verified near-duplicate pairs (estimated Jaccard ≥ threshold) and their scores."""
-    ok_rows = np.flatnonzero(nonempty(sig))
-    cand = lsh_candidates(sig, b, r, ok_rows) if candidates is None else candidates
-    if not len(cand):
+TextSource = Union[Sequence[str], Callable[[np.ndarray], Sequence[str]]]
+
+
+def _texts_of(texts: TextSource, rows: np.ndarray) -> Sequence[str]:
+    if callable(texts):
+        got = texts(rows)
+        if len(got) != len(rows):
+            raise ValueError(f"text source returned {len(got)} texts for {len(rows)} rows")
+        return got
+    return [texts[i] for i in rows.tolist()]
+
+
+def shingle_hashes(texts: Sequence[str], kind: str = "word", jit: bool | None = None,
+                   chunk: int = JIT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes of each text: text ``d`` has ``hashes[offs[d]:offs[d+1]]`` (uint64,
+    the shingles its signature is made of, repeats kept; none for a text without words).
+    Used to verify LSH candidates by exact Jaccard (:func:`jaccard_sets`)."""
+    if kind not in ("word", "char"):
+        raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    n = len(texts)
+    mod = _jit_module() if jit is not False else None
+    if mod is None:
+        sh = shingle(texts, kind)
+        return sh.hashes, np.searchsorted(sh.doc, np.arange(n + 1)).astype(np.int64)
+    ng = 3 if kind == "word" else 5
+    parts, offs, base = [], [np.zeros(1, np.int64)], 0
+    scratch = np.empty(0, U64)
+    for i in range(0, n, chunk):
+        buf, o = _raw_bytes(texts[i : i + chunk])
+        m = len(o) - 1
+        if len(scratch) < len(buf) + m + 1:
+            scratch = np.empty(len(buf) + m + 1, U64)
+        oo = np.empty(m + 1, np.int64)
+        pw, _ = _powers(int(np.diff(o).max()) + 2 if m else 2)
+        used = mod.shingle_hashes(buf, o, _JIT_TABLE, pw, kind == "char", ng, scratch, oo)
+        parts.append(scratch[:used].copy())
+        offs.append(oo[1:] + base)
+        base += used
+    return (np.concatenate(parts) if parts else np.zeros(0, U64)), np.concatenate(offs)
+
+
+def jaccard_sets(hashes: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact Jaccard |A∩B| / |A∪B| (float64) of the shingle sets of rows ``a[p]`` and
+    ``b[p]`` of :func:`shingle_hashes` (repeats count once; two empty sets: 0)."""
+    a = np.ascontiguousarray(a, np.int64)
+    b = np.ascontiguousarray(b, np.int64)
+    inter = np.zeros(len(a), np.int64)
+    union = np.zeros(len(a), np.int64)
+    mod = _jit_module()
+    if mod is not None and len(a):
+        mod.jaccard_pairs(hashes, offs, a, b, inter, union)
+    else:
+        for p, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
+            x, y = np.unique(hashes[offs[i] : offs[i + 1]]), np.unique(hashes[offs[j] : offs[j + 1]])
+            inter[p] = len(np.intersect1d(x, y, assume_unique=True))
+            union[p] = len(x) + len(y) - inter[p]
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def verify_pairs(cand: np.ndarray, texts: TextSource, kind: str, threshold: float,
+                 block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs whose *exact* shingle Jaccard is ≥ ``threshold``, and that Jaccard.
+
+    ``texts``: the texts by row (a sequence indexed by the row numbers in ``cand``, or a
+    function rows → texts, e.g. fetching them from the store). Shingle hashes are
+    computed only for the rows of ``block`` candidate pairs at a time (≤ 2·block rows,
+    ~13 MB at 100-word texts), so memory is bounded by the block, not the corpus, and
+    is reused from block to block instead of faulting in fresh pages; a row in pairs of
+    two blocks is shingled twice (≈ 10 % more shingling on the benchmark corpus)."""
+    cand = np.asarray(cand, np.int64).reshape(-1, 2)
+    keep_p, keep_s = [], []
+    for i in range(0, len(cand), block):
+        blk = cand[i : i + block]
+        rows = np.unique(blk)
+        hs, offs = shingle_hashes(_texts_of(texts, rows), kind)
+        j = jaccard_sets(hs, offs, np.searchsorted(rows, blk[:, 0]), np.searchsorted(rows, blk[:, 1]))
+        ok = j >= threshold - 1e-12
+        keep_p.append(blk[ok])
+        keep_s.append(j[ok].astype(np.float32))
+    if not keep_p:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    est = jaccard_estimate(sig, cand[:, 0], cand[:, 1])
-    keep = est >= threshold - 1e-9
-    return cand[keep], est[keep]
+    return np.concatenate(keep_p), np.concatenate(keep_s)
+
+
+def near_pairs(sig: np.ndarray, threshold: float, b: int, r: int, texts: TextSource, kind: str,
+               candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicate pairs: LSH candidates (or ``candidates``) whose exact shingle
+    Jaccard is ≥ ``threshold`` (:func:`verify_pairs`), and that Jaccard."""
+    cand = lsh_candidates(sig, b, r, np.flatnonzero(nonempty(sig))) if candidates is None else candidates
+    return verify_pairs(cand, texts, kind, threshold)
 
 
 def exact_pairs(exact: np.ndarray) -> np.ndarray:

@@ -44,6 +44,111 @@ def put(row, h, seedmix, shift):
     row[b] = min(row[b], min(np.uint32(v & M32), CAP))
 
 
+@numba.njit(inline="always")
+def doc_shingles(buf, s, e, table, pw_tab, char_mode, n, wh, nb, out):
+    """Shingle hashes of document ``buf[s:e]`` into ``out[:count]`` (in text order, may
+    repeat); returns ``(count, exact hash)``. ``wh``/``nb``/``out``: scratch of at least
+    ``e - s + 2`` entries. Shared by :func:`kernel` (signatures) and :func:`shingle_hashes`
+    (exact verification), so both see the same shingles."""
+    # words (runs of non-space bytes): polynomial hash Σ (b_i+1)·P^(i-start), then mix;
+    # in char mode also the normal form with single spaces between words (nb[:dl])
+    nw = 0
+    dl = 0
+    i = s
+    while i < e:
+        c = table[buf[i]]
+        if c == SPACE:
+            i += 1
+            continue
+        if char_mode:
+            if dl > 0:
+                nb[dl] = SPACE
+                dl += 1
+        h = ZERO
+        ws = i
+        while i < e:
+            c = table[buf[i]]
+            if c == SPACE:
+                break
+            if char_mode:
+                nb[dl] = c
+                dl += 1
+            h += (np.uint64(c) + ONE) * pw_tab[i - ws]
+            i += 1
+        wh[nw] = mix(h)
+        nw += 1
+    ex = ZERO
+    pp = ONE
+    for j in range(nw):
+        ex += wh[j] * pp
+        pp *= P
+    if nw == 0:
+        return 0, ZERO
+    ex = mix(ex + np.uint64(nw))
+    cnt = 0
+    if not char_mode:
+        if nw >= n:
+            for j in range(nw - n + 1):
+                h = ZERO
+                for t in range(n):
+                    h = h * GOLD + wh[j + t]
+                out[cnt] = h
+                cnt += 1
+        else:
+            out[0] = mix(ex ^ FIVES)
+            cnt = 1
+    else:
+        if dl >= n:
+            for s0 in range(dl - n + 1):
+                h = ZERO
+                pw = ONE
+                for t in range(n):
+                    h += (np.uint64(nb[s0 + t]) + ONE) * pw
+                    pw *= P
+                out[cnt] = h
+                cnt += 1
+        else:
+            out[0] = mix(ex ^ FIVES)
+            cnt = 1
+    return cnt, ex
+
+
+@numba.njit(inline="always")
+def doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k):
+    """OPH signature of the shingle hashes ``sh[:cnt]`` into ``row`` (pre-filled with EMP):
+    minimum per bin, then optimal densification."""
+    for j in range(cnt):
+        put(row, sh[j], seedmix, shift)
+    # optimal densification: empty bin c takes orig[seq[c, t]] for the first t where
+    # that bin is non-empty; the still-empty bins are kept compacted in idx[:m]
+    m = 0
+    for c in range(k):
+        v = row[c]
+        orig[c] = v
+        idx[m] = c
+        m += v == EMP
+    t = 0
+    steps = seq_t.shape[0]
+    while m > 0 and t < steps:
+        st = seq_t[t]
+        m2 = 0
+        for j in range(m):
+            c = idx[j]
+            v = orig[st[c]]
+            row[c] = v
+            idx[m2] = c
+            m2 += v == EMP
+        m = m2
+        t += 1
+    for j in range(m):  # astronomically rare: first non-empty bin to the right
+        c = idx[j]
+        for off in range(1, k):
+            v = orig[(c + off) % k]
+            if v != EMP:
+                row[c] = v
+                break
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig, exact):
     """Signatures (rows of ``sig``, pre-filled with EMP) and exact hashes of documents
@@ -58,113 +163,58 @@ def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig
         longest = max(longest, offs[d + 1] - offs[d])
     wh = np.empty(longest + 2, np.uint64)
     nb = np.empty(longest + 2, np.uint8)
+    sh = np.empty(longest + 2, np.uint64)
     orig = np.empty(k, np.uint32)
     idx = np.empty(k, np.int64)
-    steps = seq_t.shape[0]
     for d in range(n_docs):
-        s = offs[d]
-        e = offs[d + 1]
-        # words (runs of non-space bytes): polynomial hash Σ (b_i+1)·P^(i-start), then mix;
-        # in char mode also the normal form with single spaces between words (nb[:dl])
-        nw = 0
-        dl = 0
-        i = s
-        while i < e:
-            c = table[buf[i]]
-            if c == SPACE:
-                i += 1
-                continue
-            if char_mode:
-                if dl > 0:
-                    nb[dl] = SPACE
-                    dl += 1
-            h = ZERO
-            ws = i
-            while i < e:
-                c = table[buf[i]]
-                if c == SPACE:
-                    break
-                if char_mode:
-                    nb[dl] = c
-                    dl += 1
-                h += (np.uint64(c) + ONE) * pw_tab[i - ws]
-                i += 1
-            wh[nw] = mix(h)
-            nw += 1
-        ex = ZERO
-        pp = ONE
-        for j in range(nw):
-            ex += wh[j] * pp
-            pp *= P
-        if nw > 0:
-            ex = mix(ex + np.uint64(nw))
+        cnt, ex = doc_shingles(buf, offs[d], offs[d + 1], table, pw_tab, char_mode, n, wh, nb, sh)
         exact[d] = ex
-        if nw == 0:
+        if cnt == 0:
             continue
-        row = sig[d]
-        if not char_mode:
-            if nw >= n:
-                for j in range(nw - n + 1):
-                    h = ZERO
-                    for t in range(n):
-                        h = h * GOLD + wh[j + t]
-                    put(row, h, seedmix, shift)
-            else:
-                put(row, mix(ex ^ FIVES), seedmix, shift)
-        else:
-            if dl >= n:
-                for s0 in range(dl - n + 1):
-                    h = ZERO
-                    pw = ONE
-                    for t in range(n):
-                        h += (np.uint64(nb[s0 + t]) + ONE) * pw
-                        pw *= P
-                    put(row, h, seedmix, shift)
-            else:
-                put(row, mix(ex ^ FIVES), seedmix, shift)
-        # optimal densification: empty bin c takes orig[seq[c, t]] for the first t where
-        # that bin is non-empty; the still-empty bins are kept compacted in idx[:m]
-        m = 0
-        for c in range(k):
-            v = row[c]
-            orig[c] = v
-            idx[m] = c
-            m += v == EMP
-        t = 0
-        while m > 0 and t < steps:
-            st = seq_t[t]
-            m2 = 0
-            for j in range(m):
-                c = idx[j]
-                v = orig[st[c]]
-                row[c] = v
-                idx[m2] = c
-                m2 += v == EMP
-            m = m2
-            t += 1
-        for j in range(m):  # astronomically rare: first non-empty bin to the right
-            c = idx[j]
-            for off in range(1, k):
-                v = orig[(c + off) % k]
-                if v != EMP:
-                    row[c] = v
-                    break
+        doc_signature(sh, cnt, sig[d], orig, idx, seq_t, seedmix, shift, k)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def band_pairs(sig, rows, b, r, full_upto):
-    """Candidate pairs (row ids, unsorted, may repeat) of ``sig[rows]`` sharing a band
-    key (the key of :func:`curate.minhash.band_keys`). Per band, members of a bucket are
-    in the order of ``rows``; buckets of ≤ ``full_upto`` members give all pairs, larger
-    ones a star (first member to each other) plus a chain (consecutive members).
+def keys_kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, b, r, keys, exact):
+    """Like :func:`kernel`, but each signature lives only in a k-entry scratch row and
+    what is written is its ``b`` LSH band keys (``keys[band, d]``, the key of
+    :func:`band_keys`; left untouched for empty documents, whose exact hash is 0): the
+    (n, k) signature matrix is never materialised (b·8 bytes a record instead of k·4)."""
+    n_docs = offs.shape[0] - 1
+    longest = 0
+    for d in range(n_docs):
+        longest = max(longest, offs[d + 1] - offs[d])
+    wh = np.empty(longest + 2, np.uint64)
+    nb = np.empty(longest + 2, np.uint8)
+    sh = np.empty(longest + 2, np.uint64)
+    orig = np.empty(k, np.uint32)
+    idx = np.empty(k, np.int64)
+    row = np.empty(k, np.uint32)
+    hb = np.empty(b, np.uint64)
+    for d in range(n_docs):
+        cnt, ex = doc_shingles(buf, offs[d], offs[d + 1], table, pw_tab, char_mode, n, wh, nb, sh)
+        exact[d] = ex
+        if cnt == 0:
+            continue
+        row[:] = EMP
+        doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k)
+        for band in range(b):
+            hb[band] = np.uint64(band + 1) * GOLD
+        for c in range(r):
+            for band in range(b):
+                hb[band] = mix(hb[band] ^ np.uint64(row[band * r + c]))
+        for band in range(b):
+            keys[band, d] = hb[band]
 
-    Per band: one open-addressing table ``[key, position + 1]`` (one cache line per
-    probe); a row whose key is already there is recorded as ``(first position, position)``
-    and only those few records are grouped (stable sort) into buckets."""
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def band_keys(sig, rows, b, r):
+    """``(b, len(rows))`` band keys of ``sig[rows]`` (the key of
+    :func:`curate.minhash.band_keys`): all bands of a row at once, b independent chains."""
     n = rows.shape[0]
     keys = np.empty((b, n), np.uint64)
     hb = np.empty(b, np.uint64)
-    for i in range(n):  # all bands of a row at once: b independent hash chains
+    for i in range(n):
         row = sig[rows[i]]
         for band in range(b):
             hb[band] = np.uint64(band + 1) * GOLD
@@ -173,35 +223,95 @@ def band_pairs(sig, rows, b, r, full_upto):
                 hb[band] = mix(hb[band] ^ np.uint64(row[band * r + c]))
         for band in range(b):
             keys[band, i] = hb[band]
-    cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    mask = cap - 1
-    table = np.empty((cap, 2), np.uint64)
+    return keys
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def band_pairs(sig, rows, b, r, full_upto):
+    """Candidate pairs (row ids, unsorted, may repeat) of ``sig[rows]`` sharing a band key."""
+    return bucket_pairs(band_keys(sig, rows, b, r), np.arange(rows.shape[0]), rows, full_upto)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def bucket_pairs(keys, cols, rows, full_upto):
+    """Candidate pairs (ids from ``rows``, unsorted, may repeat) of positions sharing a key
+    in some band (position ``i`` has key ``keys[band, cols[i]]`` and id ``rows[i]``).
+    Per band, members of a bucket are in the order of ``rows``; buckets of ≤ ``full_upto`` members give all pairs, larger ones a
+    star (first member to each other) plus a chain (consecutive members).
+
+    Per band, cache-sized work: positions are first scattered (stably) into ``2^p``
+    partitions by the top ``p`` bits of their key, ≈ 4 096 positions each, so that one
+    partition's open-addressing table ``[key, position + 1]`` (64 KB) stays in the L2
+    cache; a single table over a million keys would miss the cache on every probe. A
+    position whose key is already in the table is recorded as ``(first position,
+    position)`` and only those few records are grouped (stable sort) into buckets."""
+    b = keys.shape[0]
+    n = cols.shape[0]
+    pbits = 0
+    while (n >> pbits) > 4096:
+        pbits += 1
+    n_part = 1 << pbits
+    pshift = np.uint64(64 - pbits) if pbits > 0 else np.uint64(0)
+    start = np.empty(n_part + 1, np.int64)
+    cur = np.empty(n_part, np.int64)
+    pk = np.empty(n, np.uint64)
+    pi = np.empty(n, np.int64)
+    table = np.empty((16, 2), np.uint64)
     dup_first = np.empty(n, np.int64)
     dup_pos = np.empty(n, np.int64)
     members = np.empty(n, np.int64)
     out = np.empty((max(n, 16), 2), np.int64)
     n_out = 0
     for band in range(b):
-        table[:, 1] = 0
-        nd = 0
         kb = keys[band]
-        for i in range(n):
-            h = kb[i]
-            s = np.int64(h & np.uint64(mask))
-            while True:
-                occ = table[s, 1]
-                if occ == 0:
-                    table[s, 0] = h
-                    table[s, 1] = np.uint64(i + 1)
-                    break
-                if table[s, 0] == h:
-                    dup_first[nd] = np.int64(occ) - 1
-                    dup_pos[nd] = i
-                    nd += 1
-                    break
-                s = (s + 1) & mask
+        if pbits > 0:
+            start[:] = 0
+            for i in range(n):
+                start[np.int64(kb[cols[i]] >> pshift) + 1] += 1
+            for q in range(n_part):
+                start[q + 1] += start[q]
+                cur[q] = start[q]
+            for i in range(n):
+                h = kb[cols[i]]
+                q = np.int64(h >> pshift)
+                j = cur[q]
+                pk[j] = h
+                pi[j] = i
+                cur[q] = j + 1
+        else:
+            start[0] = 0
+            start[1] = n
+            for i in range(n):
+                pk[i] = kb[cols[i]]
+                pi[i] = i
+        nd = 0
+        for q in range(n_part):
+            lo = start[q]
+            hi = start[q + 1]
+            if hi - lo < 2:
+                continue
+            cap = 16
+            while cap < 2 * (hi - lo):
+                cap *= 2
+            if cap > table.shape[0]:
+                table = np.empty((cap, 2), np.uint64)
+            mask = cap - 1
+            table[:cap, 1] = 0
+            for j in range(lo, hi):
+                h = pk[j]
+                s = np.int64(h & np.uint64(mask))
+                while True:
+                    occ = table[s, 1]
+                    if occ == 0:
+                        table[s, 0] = h
+                        table[s, 1] = np.uint64(pi[j] + 1)
+                        break
+                    if table[s, 0] == h:
+                        dup_first[nd] = np.int64(occ) - 1
+                        dup_pos[nd] = pi[j]
+                        nd += 1
+                        break
+                    s = (s + 1) & mask
         if nd == 0:
             continue
         order = np.argsort(dup_first[:nd], kind="mergesort")  # stable: positions stay in order
@@ -235,6 +345,83 @@ def band_pairs(sig, rows, b, r, full_upto):
                     out[n_out, 1] = members[c]
                     n_out += 1
     return out[:n_out]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def shingle_hashes(buf, offs, table, pw_tab, char_mode, n, out, out_offs):
+    """Shingle hashes of each document ``buf[offs[d]:offs[d+1]]`` (the shingles
+    :func:`kernel` bins, in text order, repeats kept) into ``out[out_offs[d]:out_offs[d+1]]``;
+    ``out`` must hold ``len(buf) + n_docs`` entries. Returns the number of entries used."""
+    n_docs = offs.shape[0] - 1
+    longest = 0
+    for d in range(n_docs):
+        longest = max(longest, offs[d + 1] - offs[d])
+    wh = np.empty(longest + 2, np.uint64)
+    nb = np.empty(longest + 2, np.uint8)
+    pos = 0
+    out_offs[0] = 0
+    for d in range(n_docs):
+        cnt, ex = doc_shingles(buf, offs[d], offs[d + 1], table, pw_tab, char_mode, n, wh, nb, out[pos:])
+        pos += cnt
+        out_offs[d + 1] = pos
+    return pos
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def jaccard_pairs(hs, offs, a, b, inter, union):
+    """|A∩B| and |A∪B| of the shingle sets ``A = set(hs[offs[a[p]]:offs[a[p]+1]])`` and
+    ``B`` (same for ``b[p]``) of each pair: A goes into a small open-addressing table
+    (slots stamped with the pair number, so it is never cleared), then B is looked up;
+    repeats inside a document count once. No sorting; the table stays in L1/L2."""
+    m = a.shape[0]
+    longest = 0
+    for p in range(m):
+        longest = max(longest, offs[a[p] + 1] - offs[a[p]] + offs[b[p] + 1] - offs[b[p]])
+    bits = 4
+    while (1 << bits) < 2 * longest:
+        bits += 1
+    cap = 1 << bits
+    mask = cap - 1
+    sh = np.uint64(64 - bits)
+    key = np.empty(cap, np.uint64)
+    stamp = np.zeros(cap, np.int64)
+    side = np.empty(cap, np.uint8)
+    for p in range(m):
+        g = p + 1
+        da = 0
+        for i in range(offs[a[p]], offs[a[p] + 1]):
+            x = hs[i]
+            s = np.int64((x * GOLD) >> sh)
+            while True:
+                if stamp[s] != g:
+                    stamp[s] = g
+                    key[s] = x
+                    side[s] = 1
+                    da += 1
+                    break
+                if key[s] == x:
+                    break
+                s = (s + 1) & mask
+        c = 0
+        db = 0
+        for j in range(offs[b[p]], offs[b[p] + 1]):
+            x = hs[j]
+            s = np.int64((x * GOLD) >> sh)
+            while True:
+                if stamp[s] != g:
+                    stamp[s] = g
+                    key[s] = x
+                    side[s] = 2
+                    db += 1
+                    break
+                if key[s] == x:
+                    if side[s] == 1:
+                        side[s] = 3
+                        c += 1
+                    break
+                s = (s + 1) & mask
+        inter[p] = c
+        union[p] = da + db
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curate import dedup, snapshot
+from curate import dedup, minhash as mh, snapshot
 from curate.cli import main as cli
 from curate.example import Example, Source
 from curate.review import decide
@@ -65,6 +65,12 @@ def test_dedup_signals_clusters_and_rerun(store):
         assert s["duplicate_of"] == keeper and s["dup_cluster"] == keeper and s["dedup_at"] > 0
         assert s["dup_detector"] in ("exact", "near") and 0.8 <= s["dup_score"] <= 1.0
     assert got[ids[1]]["dup_detector"] == "exact"
+    # a near score is the exact Jaccard of the two char-5-gram sets (not a MinHash estimate)
+    def grams(t):
+        u = mh.normalize(t).encode()
+        return {u[i : i + 5] for i in range(len(u) - 4)}
+    a, c = grams(BASE), grams(BASE.replace("two weeks", "two long weeks"))
+    assert got[ids[2]]["dup_detector"] == "near" and got[ids[2]]["dup_score"] == round(len(a & c) / len(a | c), 4)
     assert not got[ids[3]] and not got[ids[5]]  # unrelated; other split
     rep = Path(store.meta_get("dedup_report_path"))
     assert rep.exists() and "keep" in rep.read_text() and rep.with_suffix(".jsonl").exists()
@@ -98,7 +104,9 @@ def test_cli_dedup_json_and_stats(workspace, store, capsys):
     fill(store)
     assert cli(["dedup", "--exact", "--near", "--shingle", "char", "--workspace", str(workspace), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["removed"] == 3 and out["params"]["bands"] == 9 and out["params"]["rows"] == 13
+    assert out["removed"] == 3 and out["params"]["bands"] == 16 and out["params"]["rows"] == 6
+    assert out["params"]["candidate_probability_at_threshold"] >= 0.99
+    assert out["params"]["near_verification"] == "exact Jaccard"
     assert cli(["stats", "--workspace", str(workspace), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["signals"]["duplicates"] == 3 and st["dedup"]["clusters"] == 1

@@ -8,17 +8,31 @@ hits confirmed by eye when these counts were pinned, e.g.
     train "What businesses accept this card?"        test:978  "\\n\\nWhat businesses accept this card?"
     train "My card payment was reverted, why?"       test:2083 "My card payment was reverted.  Why?"
     train "How do I unblock my PIN?"                 test:556  "How do I unblock my PIN?"
-  near (char 5-gram MinHash, estimated Jaccard ≥ 0.8)
+  near (char 5-gram Jaccard ≥ 0.8: MinHash LSH candidates, verified by the exact Jaccard)
     train "I think my card is broke?"                test:376  "I think my card is broken"            0.95
     train "Someone stole my card!"                   test:1674 "Someone stole my cards!"              0.94
-    train "is there a limit for top up?"             test:756  "Is there a limit for top-ups?"        0.97
+    train "is there a limit for top up?"             test:756  "Is there a limit for top-ups?"        0.96
     train "I tried to get some money but the machine was not working .The transaction still
-           seems in progress! …"                     test:220  "Hi,I tried to get some money out but the machine …"  0.95
+           seems in progress! …"                     test:220  "Hi,I tried to get some money out but the machine …"
   near hits that are NOT the same request (the price of Jaccard 0.8 on 10-word texts):
     train "How can I top up my account with a cheque?"  test:1322 "How can I top up my account with a card?"  0.81
-    train "How long will it take to get to the US?"  test:285  "How long will it take to get to me?"  0.84
-  Pairs near the threshold (true Jaccard 0.78–0.85) are found or missed by chance (estimate
-  spread ±0.035 with 128 bins): the pinned counts hold for this hashing, not for any MinHash.
+    train "What do I have to do to change my pin?"   test       "What do i have to do to change my name?"  0.81
+    train "Where can I get my card PIN?"             test:2485  "Where can I get my card at?"           0.80
+
+When verification changed from the MinHash estimate (128 bins, ±0.035) to the exact
+Jaccard, and LSH from 9×13 (P(candidate) = 0.40 at J = 0.8) to 16×6 (0.99), the
+library-level near count went 129 → 172 pairs (115 → 148 test rows) and the workspace
+CLI run 131 → 181 near hits. Read by eye (bench/results/dedup_b77_diff.json lists all 62 gained / 19 lost):
+  gained, exact J ≥ 0.8 but missed before (54 of 62 were never LSH candidates at 9×13):
+    train "Why did my transfer get declined?"        ~ test "Why did my my transfer get declined?"      0.90
+    train "How can I exchange currencies with this app?" ~ "Can I exchange currencies with this app?"  0.90
+    train "The attempted transfer failed."           ~ test "My attempted transfer failed."             0.82
+    train "Can I activate my card?"                  ~ test "How can I activate my card>"               0.82
+  lost, estimate ≥ 0.8 but exact J < 0.8:
+    train "How long will it take to get to the US?"  ~ test "How long will it take to get to me?"  est 0.84, J 0.78
+    train "Please delete my account now."            ~ test "Please delete my account right now!"  est 0.81, J 0.69
+The decision at 0.8 is now exact, so these counts no longer depend on hashing luck at
+the threshold (only on an LSH miss, probability ≤ 0.008 per pair at J ≥ 0.8).
 """
 from __future__ import annotations
 
@@ -137,10 +151,10 @@ def test_banking77_official_train_vs_test_library():
     n = len(tr)
     in_train = set(ex_[:n].tolist())
     assert sum(h in in_train for h in ex_[n:].tolist()) == 25  # test rows with an exact (normalised) copy in train
-    b, r = mh.optimal_params(0.8)
+    b, r = mh.lsh_params(0.8)
     cand = mh.lsh_candidates(sig, b, r)
-    p, s = mh.near_pairs(sig, 0.8, b, r, candidates=cand[(cand[:, 0] < n) & (cand[:, 1] >= n)])
-    assert len(p) == 129 and len(set(p[:, 1].tolist())) == 115  # near pairs / test rows involved
+    p, s = mh.near_pairs(sig, 0.8, b, r, tr + te, "char", candidates=cand[(cand[:, 0] < n) & (cand[:, 1] >= n)])
+    assert len(p) == 172 and len(set(p[:, 1].tolist())) == 148  # near pairs / test rows involved
     pairs = {(tr[a], te[b_ - n]) for a, b_ in p.tolist()}
     assert ("I think my card is broke?", "I think my card is broken") in pairs
     assert ("Someone stole my card!", "Someone stole my cards!") in pairs
@@ -155,9 +169,9 @@ def test_banking77_cli_workspace_vs_test_csv(workspace, capsys):
     k = json.loads(capsys.readouterr().out)
     assert k["params"]["shingle"] == "char"  # auto: median BANKING77 query has < 12 words
     assert k["read"]["train"] == 8001 and k["read"]["heldout"] == 1998
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 131
-    assert k["leaking_train_records"] == 145
-    assert k["hits_by_source"] == {"heldout": 50, str(B77 / "test.csv"): 103}
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 181
+    assert k["leaking_train_records"] == 191
+    assert k["hits_by_source"] == {"heldout": 63, str(B77 / "test.csv"): 140}
     rep = Path(k["report"]).with_suffix(".jsonl").read_text()
     assert '"train_text": "I think my card is broke?"' in rep and '"other_text": "I think my card is broken"' in rep
 
@@ -176,6 +190,6 @@ def test_banking77_semantic_leakage(workspace, capsys):
                 "--workspace", str(workspace), "--json"]) == 0
     k = json.loads(capsys.readouterr().out)
     sem = k["detectors"]["semantic"]
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 131
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 181
     assert abs(sem["hits"] - 2887) <= 0.02 * 2887 and abs(sem["train_records"] - 1547) <= 0.02 * 1547
     assert abs(k["leaking_train_records"] - 1625) <= 0.02 * 1625

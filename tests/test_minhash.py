@@ -76,12 +76,105 @@ def test_optimal_params_default_and_errors():
         mh.optimal_params(1.2)
 
 
+def test_lsh_params_reach_the_candidate_probability_with_least_false_positive_area():
+    assert mh.lsh_params(0.8, 128) == (16, 6)
+    for t in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95):
+        b, r = mh.lsh_params(t, 128)
+        assert b * r <= 128 and mh.candidate_probability(t, b, r) >= 0.99
+        fp = mh.false_positive_probability(t, b, r)
+        # brute force over every (b', r') with b'·r' ≤ 128 that also reaches 0.99 at t
+        for r2 in range(1, 129):
+            for b2 in range(1, 128 // r2 + 1):
+                if mh.candidate_probability(t, b2, r2) >= 0.99:
+                    assert mh.false_positive_probability(t, b2, r2) >= fp - 1e-12, (t, (b, r), (b2, r2))
+    # far steeper than datasketch's balanced rule at the threshold (0.40 → 0.99)
+    assert mh.candidate_probability(0.8, *mh.optimal_params(0.8)) < 0.45
+    # unreachable target (threshold too low for 128 perms): the highest P(t) there is
+    b, r = mh.lsh_params(0.01, 128)
+    assert (b, r) == (128, 1)
+    with pytest.raises(ValueError, match="threshold"):
+        mh.lsh_params(0.0)
+
+
+def _python_jaccard(a: str, b: str, kind: str) -> float:
+    def sh(t):
+        t = mh.normalize(t)
+        if kind == "word":
+            w = t.split()
+            return {tuple(w[i : i + 3]) for i in range(len(w) - 2)} if len(w) >= 3 else {tuple(w)}
+        u = t.encode()
+        return {u[i : i + 5] for i in range(len(u) - 4)} if len(u) >= 5 else {u}
+    x, y = sh(a), sh(b)
+    return len(x & y) / len(x | y)
+
+
+@pytest.mark.parametrize("kind", ["word", "char"])
+def test_exact_jaccard_equals_set_jaccard_of_the_shingles(kind):
+    rnd = random.Random(11)
+    vocab = ["card", "top-up", "PIN", "café", "x", "ATM!!", "pending", "the", "the", "a", "Ünïcode"]
+    texts = []
+    for _ in range(120):
+        w = [rnd.choice(vocab) for _ in range(rnd.randint(1, 30))]
+        v = list(w)
+        for _ in range(rnd.randint(0, 3)):
+            v[rnd.randrange(len(v))] = rnd.choice(vocab)
+        texts += [" ".join(w), " ".join(v)]
+    hs, offs = mh.shingle_hashes(texts, kind)
+    a, b = np.arange(0, len(texts), 2), np.arange(1, len(texts), 2)
+    got = mh.jaccard_sets(hs, offs, a, b)
+    want = [_python_jaccard(texts[i], texts[j], kind) for i, j in zip(a, b)]
+    assert np.allclose(got, want, atol=0, rtol=1e-12)
+    h2, o2 = mh.shingle_hashes(texts, kind, jit=False)
+    assert np.array_equal(h2, hs) and np.array_equal(o2, offs)  # compiled = numpy path
+
+
+def test_verify_pairs_decides_exactly_at_the_threshold():
+    # word 3-grams: 5 shingles; one changed last word → 4 shared of 6 (0.667); a text
+    # one word longer → 5 of 6 (0.833); the same text → 1.0
+    base = "one two three four five six seven"
+    texts = [base, base + " eight", "one two three four five six SEVEN!", "one two three four five six other",
+             "nothing in common here at all"]
+    cand = np.array([[0, 1], [0, 2], [0, 3], [0, 4]])
+    pairs, scores = mh.verify_pairs(cand, texts, "word", 0.8)
+    assert pairs.tolist() == [[0, 1], [0, 2]]
+    assert np.allclose(scores, [5 / 6, 1.0])
+    # exactly at the threshold counts: 4 shared of 5 = 0.8
+    pairs, scores = mh.verify_pairs(np.array([[0, 1]]), ["a b c d e f", "a b c d e f g"], "word", 0.8)
+    assert pairs.tolist() == [[0, 1]] and scores[0] == pytest.approx(0.8)
+    pairs, _ = mh.verify_pairs(np.array([[0, 1]]), ["a b c d e f", "a b c d e f g"], "word", 0.81)
+    assert len(pairs) == 0
+    # texts by function (e.g. fetched from the store): same result, wrong length is an error
+    got = mh.verify_pairs(cand, lambda rows: [texts[i] for i in rows], "word", 0.8)[0]
+    assert got.tolist() == [[0, 1], [0, 2]]
+    with pytest.raises(ValueError, match="returned 1 texts for 5 rows"):
+        mh.verify_pairs(cand, lambda rows: ["x"], "word", 0.8)
+
+
 def test_near_pairs_find_edits_not_strangers():
     base = "my card payment has been pending for three days and the shop says it never arrived please help me"
     texts = [base, base.replace("arrived", "arived"), "completely unrelated text about opening a savings account in euros today"]
     sig, _ = mh.signatures_of(texts, "char")
-    pairs, scores = mh.near_pairs(sig, 0.8, *mh.optimal_params(0.8))
-    assert pairs.tolist() == [[0, 1]] and scores[0] >= 0.8
+    pairs, scores = mh.near_pairs(sig, 0.8, *mh.lsh_params(0.8), texts, "char")
+    assert pairs.tolist() == [[0, 1]] and scores[0] == pytest.approx(_python_jaccard(texts[0], texts[1], "char"))
+
+
+@pytest.mark.parametrize("jit", [None, False])
+def test_band_keys_without_signatures_match_signature_band_keys(jit):
+    if jit is None and mh._jit_kernel() is None:
+        pytest.skip("numba not installed")
+    rnd = random.Random(2)
+    vocab = [f"w{i}" for i in range(50)] + ["Ünïcode", "!!"]
+    texts = ["", "!!", "a"] + [" ".join(rnd.choice(vocab) for _ in range(rnd.randint(1, 60))) for _ in range(500)]
+    b, r = mh.lsh_params(0.8)
+    sig, ex = mh.signatures_of(texts, "word", jit=jit)
+    keys, ex2 = mh.lsh_keys_of(texts, "word", 128, b, r, batch=37, jit=jit)
+    assert np.array_equal(ex, ex2)
+    ok = mh.nonempty(sig)
+    assert np.array_equal(ok, ex2 != 0)
+    for band in range(b):
+        assert np.array_equal(keys[band, ok], mh.band_keys(sig[ok], band, r))
+    rows = np.flatnonzero(ok)
+    assert np.array_equal(mh.lsh_candidates_keys(keys, rows, jit=jit), mh.lsh_candidates(sig, b, r, rows, jit=False))
 
 
 def test_union_find_and_exact_pairs():
@@ -112,6 +205,18 @@ def test_compiled_and_numpy_paths_agree(kind):
     a, xa = mh.signatures_of(texts, kind, jit=True)
     b, xb = mh.signatures_of(texts, kind, jit=False)
     assert (a == b).all() and (xa == xb).all()
+
+
+def test_partitioned_buckets_match_numpy_on_large_inputs():
+    """Above 4 096 rows the compiled LSH splits each band into cache-sized partitions."""
+    if mh._jit_kernel() is None:
+        pytest.skip("numba not installed: only the numpy path exists")
+    rnd = np.random.default_rng(4)
+    keys = rnd.integers(0, 3000, size=(5, 20000)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    keys[:, :50] = keys[:, :1]  # a bucket of 50 (> 32: star + chain) in every band
+    rows = np.sort(rnd.permutation(20000)[:15000])
+    want = mh.lsh_candidates_keys(keys, rows, jit=False)
+    assert len(want) > 10000 and np.array_equal(mh.lsh_candidates_keys(keys, rows), want)
 
 
 def test_compiled_lsh_and_union_find_match_numpy():

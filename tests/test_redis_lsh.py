@@ -100,7 +100,7 @@ def test_two_workers_share_one_index(redis_url):
     a_rows = np.arange(0, len(texts), 2)  # worker A: even rows, worker B: odd rows
     b_rows = np.arange(1, len(texts), 2)
     sig, _ = mh.signatures_of(texts, "word")
-    b, r = mh.optimal_params(0.8)
+    b, r = mh.lsh_params(0.8)
     cfg = mh.redis_storage_config(redis_url, "shared-test")
     lsh_a = mh.datasketch_lsh(b, r, 128, cfg)
     mh.datasketch_insert(lsh_a, [f"id{i}" for i in a_rows], sig[a_rows])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import threading
@@ -109,8 +110,12 @@ class OpenAIBackend:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
 
     def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        r = self._create(messages, params)
+        return r.choices[0].message.content or ""
+
+    def _create(self, messages: list[dict[str, str]], params: dict[str, Any], **extra: Any):
         o = self._openai
-        kw: dict[str, Any] = {"model": self.model, "messages": messages,
+        kw: dict[str, Any] = {"model": self.model, "messages": messages, **extra,
                               "max_tokens": int(params.get("max_tokens", 64)),
                               "temperature": float(params.get("temperature", 0.0))}
         if "top_p" in params:
@@ -127,58 +132,125 @@ class OpenAIBackend:
             raise BackendError(f"HTTP {e.status_code}: {e}") from e
         if not r.choices:
             raise TransientError("response without choices")
-        return r.choices[0].message.content or ""
+        return r
+
+    def score(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        """A judge call with ``logprobs``: the distribution over ``params["score"]["choices"]`` at the first
+        generated token that is one of them, from its ``top_logprobs`` (``probs`` None when the server sent
+        no logprobs, or the answer has no choice token: the caller falls back to parsing the text).
+
+        ``score.prefill`` (vLLM, :mod:`synth.server`): the prefix is sent as a final assistant message to
+        continue (``continue_final_message``), so the first generated token is the score."""
+        sc = params["score"]
+        choices = list(sc["choices"])
+        p = {k: v for k, v in params.items() if k != "score"}
+        extra: dict[str, Any] = {"logprobs": True, "top_logprobs": int(sc.get("top_logprobs", 20))}
+        prefix = sc.get("prefix", "")
+        if sc.get("prefill") and prefix:
+            messages = [*messages, {"role": "assistant", "content": prefix}]
+            extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        r = self._create(messages, p, **extra)
+        text = r.choices[0].message.content or ""
+        if sc.get("prefill") and prefix:
+            text = prefix + text
+        lp = getattr(r.choices[0], "logprobs", None)
+        content = getattr(lp, "content", None) if lp is not None else None
+        if not content:
+            return {"text": text, "probs": None, "via": "text"}
+        for tok in content:
+            if tok.token.strip() in choices:
+                probs = {c: 0.0 for c in choices}
+                for alt in tok.top_logprobs or [tok]:
+                    k = alt.token.strip()
+                    if k in probs:
+                        probs[k] += math.exp(alt.logprob)
+                return {"text": text, "probs": probs, "via": "logprobs"}
+        return {"text": text, "probs": None, "via": "text"}
 
 
 # ---------------------------------------------------------------- local
 class LocalBackend:
-    """transformers in process; ``complete_many`` generates a left-padded batch."""
+    """transformers in process through :class:`synth.engine.Engine` (continuous batching, prefix cache)."""
 
     name = "local"
+    per_row_params = True  # complete_many / score_many take one params dict per conversation
 
-    def __init__(self, model: str = "embedded:smollm2-135m-instruct", max_batch: int = 8, max_prompt_tokens: int = 1024):
+    def __init__(self, model: str = "embedded:smollm2-135m-instruct", max_batch: int = 8, max_prompt_tokens: int = 1024,
+                 device: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from curate.models import materialize_chat_model
+
+        from .engine import Engine
 
         self.model = model
         self.max_batch = max(1, int(max_batch))
         self.max_prompt_tokens = max_prompt_tokens
         path = materialize_chat_model(model)
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.tok.padding_side = "left"
-        self.tok.truncation_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if device:
+            self.lm.to(device)
+        self.engine = Engine(self.lm, self.tok, max_batch=self.max_batch)
         self._torch = torch
-        self._lock = threading.Lock()
+
+    def prompt_ids(self, messages: list[dict[str, str]], prefix: str = "", continue_final: bool = False) -> list[int]:
+        """Token ids of the chat prompt, ending where the assistant's answer starts (+ ``prefix``).
+
+        ``continue_final``: the last message is an assistant turn to continue (vLLM's
+        ``continue_final_message``), so the prompt ends inside it rather than after it."""
+        if continue_final and messages and messages[-1]["role"] == "assistant":
+            prefix = messages[-1]["content"] + prefix
+            messages = messages[:-1]
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return ids[-self.max_prompt_tokens:]
+
+    def choice_ids(self, choices: Sequence[str]) -> list[int]:
+        out = []
+        for c in choices:
+            ids = self.tok(c, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise BackendError(f"score choice {c!r} is {len(ids)} tokens for {self.model}; each choice must be one token")
+            out.append(ids[0])
+        return out
+
+    def _row(self, ids: list[int], params: dict[str, Any], **kw):
+        from .engine import Row
+
+        return Row(ids, int(params.get("max_tokens", 64)), float(params.get("temperature", 0.0)),
+                   float(params.get("top_p", 1.0)), int(params.get("seed", 0)), **kw)
 
     def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
         return self.complete_many([messages], params)[0]
 
-    def complete_many(self, convs: Sequence[list[dict[str, str]]], params: dict[str, Any],
-                      stopping_criteria=None) -> list[str]:
-        """Batched greedy (or seeded sampling) generation; ``stopping_criteria`` (transformers) can end rows
-        early — the local server uses it to stop rows whose clients have gone."""
-        torch = self._torch
-        texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in convs]
-        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_prompt_tokens)
-        temp = float(params.get("temperature", 0.0))
-        kw: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", 64)), "pad_token_id": self.tok.pad_token_id}
-        if stopping_criteria is not None:
-            kw["stopping_criteria"] = stopping_criteria
-        if temp > 0:
-            kw.update(do_sample=True, temperature=temp, top_p=float(params.get("top_p", 1.0)))
-        else:
-            kw.update(do_sample=False)
-        with self._lock, torch.inference_mode():
-            if temp > 0:
-                torch.manual_seed(int(params.get("seed", 0)))
-            out = self.lm.generate(**enc, **kw)
-        n = enc["input_ids"].shape[1]
-        return [self.tok.decode(o[n:], skip_special_tokens=True).strip() for o in out]
+    def complete_many(self, convs: Sequence[list[dict[str, str]]], params: dict[str, Any] | Sequence[dict[str, Any]]) -> list[str]:
+        """Greedy (or seeded sampling) generation of every conversation, ``max_batch`` rows decoded together;
+        ``params``: one dict for all, or one per conversation."""
+        ps = [params] * len(convs) if isinstance(params, dict) else list(params)
+        rows = self.engine.run([self._row(self.prompt_ids(m), p) for m, p in zip(convs, ps)])
+        return [self.engine.text(r) for r in rows]
+
+    def score(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        return self.score_many([messages], params)[0]
+
+    def score_many(self, convs: Sequence[list[dict[str, str]]], params: dict[str, Any] | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Read the next-token distribution over ``params["score"]["choices"]`` right after the prompt + prefix
+        (exact, over the full vocabulary), then let the model go on for a rationale (``max_tokens`` - 1 tokens)."""
+        ps = [params] * len(convs) if isinstance(params, dict) else list(params)
+        sc = ps[0]["score"]
+        prefix = sc.get("prefix", "")
+        choices = list(sc["choices"])
+        cids = self.choice_ids(choices)
+        rows = self.engine.run([self._row(self.prompt_ids(m, prefix), p, choices=cids) for m, p in zip(convs, ps)])
+        out = []
+        for r in rows:
+            probs = dict(zip(choices, r.choice_probs or [0.0] * len(choices)))
+            out.append({"text": prefix + self.engine.text(r), "probs": probs, "via": "logprobs"})
+        return out
 
 
 def make_backend(cfg) -> Backend:
@@ -201,6 +273,7 @@ class Result:
     text: str | None
     error: str | None = None
     cached: bool = False
+    data: dict[str, Any] | None = None  # a scoring request's answer ({"text", "probs", "via"})
 
 
 @dataclass
@@ -209,6 +282,24 @@ class RunStats:
     cache_hits: int = 0
     retries: int = 0
     errors: int = 0
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "score"}
+
+
+def _score(backend: Backend, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+    """A scoring call; a backend without ``score`` answers in text (parsed by the judge)."""
+    if hasattr(backend, "score"):
+        return backend.score(messages, params)
+    return {"text": backend.complete(messages, _plain(params)), "probs": None, "via": "text"}
+
+
+def _score_many(backend: Backend, convs: list, params: Any) -> list[dict[str, Any]]:
+    if hasattr(backend, "score_many"):
+        return backend.score_many(convs, params)
+    plain = _plain(params) if isinstance(params, dict) else [_plain(p) for p in params]
+    return [{"text": t, "probs": None, "via": "text"} for t in backend.complete_many(convs, plain)]
 
 
 def _group_params(p: dict[str, Any]) -> str:
@@ -237,15 +328,20 @@ def run_requests(
     for i, k in enumerate(keys):
         hit = store.cache_get(CACHE_NS, k) if store is not None else None
         if hit is not None:
-            results[i] = Result(hit["text"], cached=True)
+            results[i] = Result(hit["text"], cached=True, data=hit.get("data"))
             stats.cache_hits += 1
         else:
             todo.append(i)
 
-    def remember(i: int, text: str) -> None:
-        results[i] = Result(text)
+    def remember(i: int, answer: str | dict[str, Any]) -> None:
+        data = answer if isinstance(answer, dict) else None
+        text = data["text"] if data is not None else answer
+        results[i] = Result(text, data=data)
         if store is not None:
-            store.cache_put(CACHE_NS, keys[i], {"text": text, "backend": backend.name, "model": backend.model, "at": time.time()})
+            entry = {"text": text, "backend": backend.name, "model": backend.model, "at": time.time()}
+            if data is not None:
+                entry["data"] = data
+            store.cache_put(CACHE_NS, keys[i], entry)
 
     def on_retry(attempt: int, e: Exception, d: float) -> None:
         stats.retries += 1
@@ -258,16 +354,23 @@ def run_requests(
         for idxs in groups.values():
             for s in range(0, len(idxs), bs):
                 part = idxs[s : s + bs]
-                texts = backend.complete_many([requests[i].messages for i in part], requests[part[0]].params)
+                p = requests[part[0]].params
+                if getattr(backend, "per_row_params", False):  # each row its own sampling seed
+                    p = [requests[i].params for i in part]
+                if "score" in requests[part[0]].params:
+                    texts = _score_many(backend, [requests[i].messages for i in part], p)
+                else:
+                    texts = backend.complete_many([requests[i].messages for i in part], p)
                 stats.calls += len(part)
                 for i, t in zip(part, texts):
                     remember(i, t)
         return [r for r in results]  # type: ignore[misc]
 
-    def one(i: int) -> str:
+    def one(i: int) -> str | dict[str, Any]:
         with rng_lock:
             local_rng = random.Random(rng.random())
-        return call_with_retries(lambda: backend.complete(requests[i].messages, requests[i].params),
+        fn = (lambda m, p: _score(backend, m, p)) if "score" in requests[i].params else backend.complete
+        return call_with_retries(lambda: fn(requests[i].messages, requests[i].params),
                                  max_retries, base, cap, sleep, local_rng, on_retry)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:

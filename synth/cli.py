@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, help="tokens per generated candidate (default 64)")
     g.add_argument("--seed", type=int, help="sampling seed; a new seed gives new candidates instead of cache hits")
     g.add_argument("--no-judge", action="store_true", help="skip the LLM judge (heuristics only)")
+    g.add_argument("--judge-prefill", action="store_true",
+                   help="openai backend: the judge answer continues a 'Score: ' assistant prefix (vLLM's "
+                        "continue_final_message; python -m synth serve supports it) so its first token is the score")
     g.add_argument("--config", help="TOML file with [backend], [generation], [reward] sections (see docs/synth.md)")
     g.add_argument("--workspace", help="workspace folder (default $WORKBENCH_HOME or data/workspace)")
     g.add_argument("--json", action="store_true", help="print the run's counters as JSON")
@@ -56,7 +59,7 @@ def _config(a: argparse.Namespace) -> SynthConfig:
     return load_config(a.config, {
         "backend": a.backend, "model": a.model, "base_url": a.base_url, "api_key_env": a.api_key_env,
         "concurrency": a.concurrency, "timeout_s": a.timeout, "max_new_tokens": a.max_new_tokens, "seed": a.seed,
-        "judge": False if a.no_judge else None,
+        "judge": False if a.no_judge else None, "judge_prefill": True if a.judge_prefill else None,
     })
 
 

@@ -49,8 +49,14 @@ class SynthConfig:
     fewshot: int = 3
     """self-instruct: how many same-label seeds the prompt shows."""
     # --- reward filter -----------------------------------------------------
-    judge_max_tokens: int = 48
-    """Token budget of a judge call (JSON score + one short rationale)."""
+    judge_max_tokens: int = 24
+    """Token budget of a judge call: the score is read from the first token's probabilities, the rest is a
+    short rationale (1 = score only, the cheapest)."""
+    judge_prefill: bool = False
+    """openai backend: send the ``Score: `` prefix as a final assistant message to continue (vLLM's
+    ``continue_final_message``; ``python -m synth serve`` supports it), so the first generated token is the
+    score.  Off for servers that do not support it (OpenAI's API): the score is then read at the first score
+    token of the answer, or parsed from the text when the server returns no logprobs."""
     judge: bool = True
     """Score candidates with the LLM-judge rubric through the same backend."""
     min_judge_score: float = 3.0
@@ -81,6 +87,8 @@ class SynthConfig:
             raise ValueError(f"{where}: on_unparseable must be 'keep' or 'reject', got {self.on_unparseable!r}")
         if self.concurrency < 1:
             raise ValueError(f"{where}: concurrency must be >= 1, got {self.concurrency}")
+        if self.judge_max_tokens < 1:
+            raise ValueError(f"{where}: judge_max_tokens must be >= 1, got {self.judge_max_tokens}")
         if not 1 <= self.min_judge_score <= 5:
             raise ValueError(f"{where}: min_judge_score must be within 1..5, got {self.min_judge_score}")
         for name in ("max_seed_similarity", "max_heldout_similarity", "min_english_ratio"):

@@ -78,7 +78,7 @@ def generate(
                               "requested": n, "seeds": len(seeds) if strategy != "doc-qa" else len(chunks),
                               "heldout_indexed": len(heldout),
                               "accepted": 0, "rejected": 0, "duplicate": 0, "error": 0, "reasons": {},
-                              "judge_parse": {"json": 0, "pattern": 0, "unparseable": 0}, "calls": 0,
+                              "judge_parse": {"logprobs": 0, "json": 0, "pattern": 0, "unparseable": 0}, "calls": 0,
                               "cache_hits": 0, "retries": 0, "failed": 0}
     stats = RunStats()
     rng = random.Random(cfg.seed)
@@ -87,13 +87,14 @@ def generate(
         return {"max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                 "seed": sample_seed(cfg.seed, strategy, i)}
 
-    judge_params = {"max_tokens": getattr(cfg, "judge_max_tokens", 48), "temperature": 0.0}
+    judge_params = rw.judge_params(cfg)
 
     def call(reqs: list[tuple[list, dict]]) -> list[str | Exception]:
         res = run_requests(backend, [Request(m, p) for m, p in reqs], store=store, concurrency=cfg.concurrency,
                            max_retries=cfg.max_retries, base=cfg.backoff_base_s, cap=cfg.backoff_cap_s,
                            stats=stats, sleep=sleep, rng=rng)
-        return [r.text if r.error is None and r.text is not None else RuntimeError(r.error or "no answer") for r in res]
+        return [(r.data if r.data is not None else r.text) if r.error is None and r.text is not None
+                else RuntimeError(r.error or "no answer") for r in res]
 
     chunk = chunk or getattr(cfg, "chunk_size", 16)
     bar = _progress(n, progress, f"synth {strategy}")
@@ -158,7 +159,7 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
                 c.error = f"backend-error (judge): {o}"
                 del examples[c.index]
             else:
-                judged[c.index] = rw.parse_judge(o)
+                judged[c.index] = rw.judge_result(o)
                 counts["judge_parse"][judged[c.index]["parse"]] += 1
     keep: list[Example] = []
     for c in part:
@@ -176,6 +177,8 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
             "rationale": j["rationale"] if j else "",
             "judge_model": f"{backend.name}:{backend.model}" if j else None,
             "judge_parse": j["parse"] if j else "off",
+            "judge_probs": j.get("probs") if j else None,
+            "judge_mass": j.get("mass") if j else None,
             "heuristics": heur[c.index],
         }
         keep.append(ex)

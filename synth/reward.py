@@ -3,7 +3,11 @@
 Every candidate gets, before it may enter the store:
 
 * ``judge``: the backend grades the example 1-5 with ``prompts/judge.txt``.
-  :func:`parse_judge` reads JSON (``{"score": 4, "rationale": …}``), then
+  The score is read from the model's next-token probabilities over "1".."5"
+  right where the score goes (:func:`judge_result`: local backend always; an
+  OpenAI-compatible server through ``logprobs``/``top_logprobs``), so every
+  candidate gets a score.  When a server returns no logprobs,
+  :func:`parse_judge` reads the text: JSON (``{"score": 4, "rationale": …}``), then
   ``Score: 4`` / ``4/5`` / ``rating: 4`` forms; anything else is *unparseable*
   and handled per ``RewardConfig.on_unparseable`` (keep, flagged, or reject).
 * heuristics (:func:`heuristics`): length bounds, refusal/boilerplate phrases,
@@ -120,6 +124,42 @@ def parse_judge(text: str) -> dict[str, Any]:
                 rm = re.search(r"rationale\"?\s*[:=]\s*\"?([^\"\n]+)", t, re.I)
                 return {"score": s, "rationale": (rm.group(1) if rm else rest).strip()[:300], "parse": "pattern"}
     return {"score": None, "rationale": t[:300], "parse": "unparseable"}
+
+
+SCORE_CHOICES = ("1", "2", "3", "4", "5")
+SCORE_PREFIX = "Score: "
+
+
+def judge_params(cfg: Any) -> dict[str, Any]:
+    """Request parameters of a judge call (greedy; ``score`` makes the backend return score-token probabilities)."""
+    return {"max_tokens": int(getattr(cfg, "judge_max_tokens", 24)), "temperature": 0.0,
+            "score": {"prefix": SCORE_PREFIX, "choices": list(SCORE_CHOICES), "top_logprobs": 20,
+                      "prefill": bool(getattr(cfg, "judge_prefill", False))}}
+
+
+_SCORE_LEAD = re.compile(r"^\s*(?:score\s*[:=]?\s*)?[1-5](?:\.\d+)?\s*(?:/\s*5)?\s*[.:,;)\-\u2013\u2014]*\s*", re.I)
+
+
+def judge_result(answer: dict[str, Any] | str | None) -> dict[str, Any]:
+    """The judge's verdict from a scoring answer (``{"text", "probs", "via"}``) or plain text.
+
+    With ``probs`` (the next-token probabilities of the score tokens "1".."5" where the score goes) the
+    score is their expectation, normalised over the score tokens: ``sum(p_i * i) / sum(p_i)`` — a number
+    for every candidate, never a parse failure; ``mass`` = ``sum(p_i)`` says how much of the model's
+    probability went to a score at all.  Without probs (a server that returns no logprobs, or an
+    answer without a score token) the text is parsed with :func:`parse_judge`.
+    """
+    if isinstance(answer, dict):
+        probs = answer.get("probs") or {}
+        mass = float(sum(probs.values()))
+        text = str(answer.get("text") or "")
+        if mass > 0:
+            score = sum(p * float(c) for c, p in probs.items()) / mass
+            return {"score": round(score, 3), "rationale": _SCORE_LEAD.sub("", text, count=1).strip()[:300],
+                    "parse": "logprobs", "probs": {c: round(p / mass, 4) for c, p in probs.items()},
+                    "mass": round(mass, 4)}
+        return parse_judge(text)
+    return parse_judge(answer or "")
 
 
 # -- heuristics ----------------------------------------------------------------

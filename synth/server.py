@@ -40,13 +40,13 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 class Job:
     """One queued request: what to generate, where the answer goes, and whether anyone still waits."""
 
-    __slots__ = ("messages", "params", "future", "cancelled", "deadline")
+    __slots__ = ("messages", "params", "future", "cancelled", "deadline", "rec")
 
     def __init__(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None):
         self.messages = messages
@@ -57,22 +57,6 @@ class Job:
 
     def gone(self) -> bool:
         return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
-
-
-def _local_generate(backend, convs: Sequence[list[dict[str, str]]], params: dict[str, Any],
-                    gone: Callable[[], list[bool]], run: dict[str, Any]) -> list[str]:
-    """:meth:`LocalBackend.complete_many` plus a stopping criterion that ends cancelled rows.
-
-    ``run["steps"]`` counts the tokens generated (decoding steps)."""
-    torch = backend._torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            run["steps"] += 1
-            return torch.tensor(gone(), dtype=torch.bool, device=input_ids.device)
-
-    return backend.complete_many(convs, params, stopping_criteria=StoppingCriteriaList([Cancelled()]))
 
 
 class Batcher:
@@ -88,7 +72,6 @@ class Batcher:
         # dropped_queued: cancelled before generation; cancelled_running: rows ended mid-generation;
         # completed: answers handed to a waiting request
         self.stats = {"dropped_queued": 0, "cancelled_running": 0, "completed": 0}
-        self._cancellable = hasattr(backend, "lm") and hasattr(backend, "tok") and hasattr(backend, "_lock")
         self._t = threading.Thread(target=self._loop, daemon=True, name="batcher")
         self._t.start()
 
@@ -137,14 +120,10 @@ class Batcher:
                     continue
                 self.batches.append(len(live))
                 run: dict[str, Any] = {"size": len(live), "max_tokens": live[0].params.get("max_tokens"),
-                                       "steps": 0 if self._cancellable else None, "cancelled": 0}
+                                       "steps": None, "cancelled": 0}
                 self.runs.append(run)
                 try:
-                    if self._cancellable:
-                        outs = _local_generate(self.backend, [j.messages for j in live], live[0].params,
-                                               lambda: [j.gone() for j in live], run)
-                    else:
-                        outs = self.backend.complete_many([j.messages for j in live], live[0].params)
+                    outs = self.backend.complete_many([j.messages for j in live], live[0].params)
                 except Exception as e:  # every waiting request gets the error
                     for j in live:
                         if j.future.set_running_or_notify_cancel():
@@ -158,6 +137,117 @@ class Batcher:
                     elif j.future.set_running_or_notify_cancel():
                         self.stats["completed"] += 1
                         j.future.set_result(o)
+
+
+    def health(self) -> dict[str, Any]:
+        return {"batches": len(self.batches), "queued": self.q.qsize(), **self.stats}
+
+
+class EngineBatcher:
+    """Continuous batching over a backend's :class:`synth.engine.Engine` (the local model).
+
+    One thread owns the engine.  Between two decoding steps it admits every queued request (up to
+    ``max_batch`` rows; each is prefilled alone, reusing the prefix cache) into the running batch, and
+    a row leaves the batch the step it finishes — or the step after its client left (``Job.gone``).
+    ``runs`` holds one record per request generated: batch size when admitted, max_tokens, steps
+    (tokens generated), prefilled (prompt tokens computed, the rest came from the prefix cache), cancelled.
+    """
+
+    def __init__(self, backend, max_batch: int = 8, batch_wait_s: float = 0.02, max_runs: int = 10000):
+        self.backend = backend
+        self.engine = backend.engine
+        self.engine.max_batch = self.max_batch = max(1, max_batch)
+        self.batch_wait_s = batch_wait_s
+        self.q: queue.Queue = queue.Queue()
+        self.runs: list[dict[str, Any]] = []
+        self.max_runs = max_runs
+        self.stats = {"dropped_queued": 0, "cancelled_running": 0, "completed": 0}
+        self._t = threading.Thread(target=self._loop, daemon=True, name="engine")
+        self._t.start()
+
+    def submit_job(self, job: Job) -> Job:
+        self.q.put(job)
+        return job
+
+    def submit(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None) -> Future:
+        return self.submit_job(Job(messages, params, deadline)).future
+
+    def health(self) -> dict[str, Any]:
+        st = self.engine.stats
+        return {"queued": self.q.qsize(), "running": len(self.engine.rows), "requests": len(self.runs),
+                "decode_steps": st["steps"], "row_steps": st["row_steps"],
+                "mean_decode_batch": round(st["row_steps"] / st["steps"], 3) if st["steps"] else None,
+                "prefill_tokens": st["prefill_tokens"], "prefix_reused_tokens": st["prefix_reused_tokens"],
+                "prefill_s": round(st["prefill_s"], 3), "decode_s": round(st["decode_s"], 3), **self.stats}
+
+    def _admit(self, job: Job) -> None:
+        from .engine import Row
+
+        if job.gone():
+            self.stats["dropped_queued"] += 1
+            job.future.cancel()
+            return
+        p = job.params
+        be = self.backend
+        try:
+            ids = be.prompt_ids(job.messages, continue_final=bool(p.get("continue_final_message")))
+            row = Row(ids, int(p.get("max_tokens", 64)), float(p.get("temperature", 0.0)), float(p.get("top_p", 1.0)),
+                      int(p.get("seed", 0)), logprobs=bool(p.get("logprobs")), top_logprobs=int(p.get("top_logprobs") or 0),
+                      gone=job.gone, tag=job)
+            rec = {"size": len(self.engine.rows) + 1, "max_tokens": row.max_new, "steps": 0, "prefilled": 0,
+                   "cancelled": 0}
+            self.runs.append(rec)
+            if len(self.runs) > self.max_runs:
+                del self.runs[: len(self.runs) - self.max_runs]
+            job.rec = rec  # type: ignore[attr-defined]
+            self.engine.admit(row)
+            rec["prefilled"] = row.prefilled
+        except Exception as e:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(e)
+
+    def _finish(self, row) -> None:
+        job: Job = row.tag
+        rec = job.rec  # type: ignore[attr-defined]
+        rec["steps"] = len(row.out)
+        if row.finish == "cancelled" or job.gone():
+            self.stats["cancelled_running"] += 1
+            rec["cancelled"] = 1
+            job.future.cancel()
+            return
+        if job.future.set_running_or_notify_cancel():
+            self.stats["completed"] += 1
+            eng = self.engine
+            job.future.set_result({
+                "text": eng.text(row), "finish_reason": row.finish,
+                "logprobs": eng.openai_logprobs(row) if row.want_logprobs else None,
+                "prompt_tokens": len(row.ids), "completion_tokens": len(row.out)})
+
+    def _loop(self) -> None:
+        eng = self.engine
+        while True:
+            try:
+                if not eng.rows:  # idle: wait for work, then briefly for company
+                    self._admit(self.q.get())
+                    deadline = time.monotonic() + self.batch_wait_s
+                    while len(eng.rows) < self.max_batch:
+                        left = deadline - time.monotonic()
+                        try:
+                            self._admit(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
+                        except queue.Empty:
+                            break
+                while len(eng.rows) < self.max_batch:  # continuous batching: join the running batch
+                    try:
+                        self._admit(self.q.get_nowait())
+                    except queue.Empty:
+                        break
+                for row in eng.step():
+                    self._finish(row)
+            except Exception as e:  # a failed step fails its rows, the server goes on
+                for row in list(eng.rows):
+                    if row.tag.future.set_running_or_notify_cancel():
+                        row.tag.future.set_exception(e)
+                eng.rows, eng.kv, eng.mask = [], None, None
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -178,6 +268,18 @@ def _params(body: dict[str, Any]) -> dict[str, Any]:
         p["top_p"] = float(body["top_p"])
     if body.get("seed") is not None:
         p["seed"] = int(body["seed"])
+    if body.get("logprobs"):
+        p["logprobs"] = True
+        k = int(body.get("top_logprobs") or 0)
+        if not 0 <= k <= 20:
+            raise ValueError("top_logprobs must be within 0..20")
+        p["top_logprobs"] = k
+    elif body.get("top_logprobs"):
+        raise ValueError("top_logprobs needs logprobs: true")
+    if body.get("continue_final_message"):
+        if body["messages"][-1].get("role") != "assistant":
+            raise ValueError("continue_final_message needs a final assistant message")
+        p["continue_final_message"] = True
     return p
 
 
@@ -216,7 +318,7 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 self._send(200, {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "workbench"}]})
             elif self.path == "/health":
-                self._send(200, {"ok": True, "batches": len(batcher.batches), "queued": batcher.q.qsize(), **batcher.stats})
+                self._send(200, {"ok": True, **batcher.health()})
             else:
                 self._error(404, f"no route {self.path}")
 
@@ -260,11 +362,16 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
                     else:
                         self._error(500, f"generation failed: {type(e).__name__}: {e}")
                     return
+            res = text if isinstance(text, dict) else {"text": text}
+            usage = {"prompt_tokens": res.get("prompt_tokens", 0), "completion_tokens": res.get("completion_tokens", 0)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": res["text"]},
+                                      "finish_reason": res.get("finish_reason") or "stop", "logprobs": None}
+            if params.get("logprobs") and res.get("logprobs") is not None:
+                choice["logprobs"] = {"content": res["logprobs"]}
             self._send(200, {
                 "id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model") or model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "model": body.get("model") or model_id, "choices": [choice], "usage": usage,
             })
 
     return Handler
@@ -287,7 +394,10 @@ def serve(host: str = "127.0.0.1", port: int = 8011, model: str = "embedded:smol
         from .backends import LocalBackend
 
         backend = LocalBackend(model, max_batch=max_batch)
-    batcher = Batcher(backend, max_batch=max_batch, batch_wait_s=batch_wait_s)
+    if hasattr(backend, "engine") and hasattr(backend, "prompt_ids"):
+        batcher = EngineBatcher(backend, max_batch=max_batch, batch_wait_s=batch_wait_s)
+    else:  # a backend without a model we can step (tests): one complete_many per batch
+        batcher = Batcher(backend, max_batch=max_batch, batch_wait_s=batch_wait_s)
     srv = ThreadingHTTPServer((host, port), make_handler(batcher, model, request_timeout_s))
     srv.daemon_threads = True
     return srv, batcher

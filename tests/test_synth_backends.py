@@ -253,3 +253,59 @@ def test_fault_proxy_injects_and_client_recovers(fake_server, store):
     assert [r.text for r in out] == [f"echo:q{i}" for i in range(20)]
     injected = proxy.counts["429"] + proxy.counts["500"] + proxy.counts["timeout"]
     assert injected > 0 and st.retries == injected and proxy.counts["forwarded"] == 20
+
+
+# -- judge scores from logprobs (openai backend, mocked server) ---------------------------
+def _completion(content, logprobs):
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
+                         "logprobs": logprobs}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def _tok(t, lp, top=()):
+    return {"token": t, "logprob": lp, "bytes": None, "top_logprobs": [{"token": a, "logprob": b, "bytes": None} for a, b in top]}
+
+
+def test_openai_judge_reads_score_token_probabilities_and_falls_back_to_text(store):
+    import json as _json
+    import math
+
+    from synth import reward as rw
+    from synth.config import SynthConfig
+
+    seen = []
+    top = [(" 4", math.log(0.5)), (" 5", math.log(0.2)), ("4", math.log(0.1)), (" 2", math.log(0.1)), ("The", math.log(0.05))]
+    answers = [
+        _completion("4. fine", {"content": [_tok(" 4", math.log(0.5), top), _tok(".", -0.2)]}),  # prefilled "Score: "
+        # no prefill: the score is the 3rd token; its alternatives carry the distribution (" 4" and "4" are one score)
+        _completion("Score: 4", {"content": [_tok("Score", -0.1), _tok(":", -0.01), _tok(" 4", math.log(0.5), top)]}),
+        _completion("Score: 2", None),  # a server without logprobs
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(_json.loads(request.content))
+        return httpx.Response(200, json=answers[len(seen) - 1])
+
+    be = OpenAIBackend("m", base_url="http://judge.test/v1", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    params = rw.judge_params(SynthConfig(judge_prefill=True))
+    msgs = [{"role": "user", "content": "rate this"}]
+    st = RunStats()
+    out = run_requests(be, [Request(msgs, params)], store=store, stats=st)
+    j = rw.judge_result(out[0].data)
+    assert j["parse"] == "logprobs" and j["probs"]["4"] == pytest.approx(0.6 / 0.9, abs=1e-3)
+    assert j["score"] == pytest.approx((2 * 0.1 + 4 * 0.6 + 5 * 0.2) / 0.9, abs=1e-3) and j["mass"] == pytest.approx(0.9)
+    body = seen[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == params["max_tokens"]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Score: "} and body["continue_final_message"] is True
+    assert out[0].text == "Score: 4. fine" and j["rationale"] == "fine"  # the prefix is put back in front
+    # cached with its probabilities: a rerun makes no call and scores the same
+    again = run_requests(be, [Request(msgs, params)], store=store, stats=RunStats())
+    assert again[0].cached and rw.judge_result(again[0].data) == j and len(seen) == 1
+    p2 = rw.judge_params(SynthConfig())
+    j2 = rw.judge_result(run_requests(be, [Request(msgs, p2)])[0].data)
+    assert "continue_final_message" not in seen[1] and seen[1]["messages"] == msgs
+    assert j2["parse"] == "logprobs" and j2["score"] == pytest.approx(j["score"])
+    out3 = run_requests(be, [Request(msgs, p2)])
+    assert out3[0].data["probs"] is None and rw.judge_result(out3[0].data) == {"score": 2.0, "rationale": "",
+                                                                               "parse": "pattern"}

@@ -94,3 +94,20 @@ def test_config_toml_errors_name_file_and_key(tmp_path):
     p.write_text("min_judge_scor = 4\n")
     with pytest.raises(ValueError, match="synth.toml.*min_judge_scor"):
         load_config(p)
+
+
+def test_judge_score_from_probabilities_and_text_fallback():
+    d = rw.judge_result({"text": "Score: 4. Clear and realistic.", "probs": {"1": 0.1, "2": 0.0, "3": 0.0, "4": 0.2, "5": 0.1},
+                         "via": "logprobs"})
+    assert d["parse"] == "logprobs" and d["score"] == pytest.approx(3.5) and d["mass"] == pytest.approx(0.4)
+    assert d["probs"]["4"] == pytest.approx(0.5) and d["rationale"] == "Clear and realistic."
+    # no logprobs from the server, or no probability on any score token: the text is parsed
+    assert rw.judge_result({"text": "Score: 2 - vague", "probs": None, "via": "text"})["score"] == 2.0
+    assert rw.judge_result({"text": "Rating 5", "probs": {c: 0.0 for c in "12345"}})["parse"] == "pattern"
+    assert rw.judge_result({"text": "Yes, it is clear.", "probs": None})["parse"] == "unparseable"
+    assert rw.judge_result("Score: 3")["score"] == 3.0
+    p = rw.judge_params(SynthConfig(judge_max_tokens=1, judge_prefill=True))
+    assert p["max_tokens"] == 1 and p["temperature"] == 0.0
+    assert p["score"]["choices"] == ["1", "2", "3", "4", "5"] and p["score"]["prefill"] is True
+    with pytest.raises(ValueError, match="judge_max_tokens"):
+        SynthConfig(judge_max_tokens=0).validate()

@@ -55,7 +55,7 @@ def _seed_store(store):
 def _cfg(**kw):
     from synth.config import SynthConfig
 
-    base = dict(backend="openai", model="smollm2", max_new_tokens=24, judge_max_tokens=32, concurrency=4,
+    base = dict(backend="openai", model="smollm2", max_new_tokens=24, judge_max_tokens=8, judge_prefill=True, concurrency=4,
                 timeout_s=60, max_retries=8, backoff_base_s=0.1, backoff_cap_s=1.0)
     base.update(kw)
     return SynthConfig(**base)
@@ -90,7 +90,9 @@ def test_generate_end_to_end_against_the_real_server_and_rerun_is_cached(server,
     be = OpenAIBackend("smollm2", base_url=url + "/v1", timeout_s=60)
     n = 3
     counts = generate(store, be, "paraphrase", n, _cfg())
-    _check_accounting(store, counts, n)
+    lines = _check_accounting(store, counts, n)
+    judged = [d["judge"] for d in lines if d["judge"] is not None]
+    assert all(j["parse"] == "logprobs" and 1 <= j["score"] <= 5 for j in judged), judged  # read from logprobs
     assert counts["error"] == 0 and counts["calls"] >= n and counts["cache_hits"] == 0
     before = store.count({"origin": "synthetic"})
     again = generate(store, be, "paraphrase", n, _cfg())
@@ -144,9 +146,10 @@ STORY = [{"role": "user", "content": "Write a very long story about a bank, at l
 
 
 def test_server_drops_work_of_clients_that_gave_up(server):
-    """A client that times out mid-generation stops its rows at the next token; a request whose
-    client deadline (x-stainless-read-timeout) passes while it is queued is answered 504 and never
-    generated; the next client is served. Greedy, 200 tokens of a story: ~20 s uncancelled here."""
+    """Continuous batching: a client that times out mid-generation stops its row at the next token; a
+    request whose client deadline (x-stainless-read-timeout) passes joins the running batch and is
+    stopped there (504); one whose deadline passed before the engine took it is never generated; the
+    next client is served. Greedy, 200 tokens of a story: ~20 s uncancelled here."""
     from synth.backends import OpenAIBackend
 
     url, batcher = server
@@ -156,16 +159,53 @@ def test_server_drops_work_of_clients_that_gave_up(server):
     res: dict = {}
     a = threading.Thread(target=lambda: res.update(a=_post(port, long_req, timeout=1.5)))
     a.start()
-    time.sleep(0.3)  # A is generating; C queues behind it and keeps its socket open, but says it waits 1 s
+    time.sleep(0.3)  # A is generating; C joins its batch, keeps its socket open, but says it waits 1 s
+    d = threading.Thread(target=lambda: res.update(
+        d=_post(port, dict(long_req, max_tokens=198), timeout=30, headers={"x-stainless-read-timeout": "0.001"})))
+    d.start()  # D: its deadline is gone before the engine thread can take it
     res["c"] = _post(port, dict(long_req, max_tokens=199), timeout=30, headers={"x-stainless-read-timeout": "1"})
     a.join()
+    d.join()
     assert res["a"] == ("timeout", None)
-    assert res["c"][0] == 504, res["c"]
+    assert res["c"][0] == 504 and res["d"][0] == 504, res
     be = OpenAIBackend("smollm2", base_url=url + "/v1", timeout_s=60)
     assert be.complete([{"role": "user", "content": "Say hello."}], {"max_tokens": 8, "temperature": 0.0})
     runs = batcher.runs[runs0:]
-    assert runs[0]["max_tokens"] == 200 and runs[0]["cancelled"] == 1 and runs[0]["steps"] < 100, runs
-    assert all(r["max_tokens"] != 199 for r in runs), runs  # C was never generated
+    by = {r["max_tokens"]: r for r in runs}
+    assert by[200]["cancelled"] == 1 and by[200]["steps"] < 100, runs
+    assert by[199]["cancelled"] == 1 and by[199]["steps"] < 100 and by[199]["size"] >= 2, runs  # joined A's batch
+    assert by[199]["prefilled"] < 5, runs  # same prompt as A: prefilled from the prefix cache
+    assert 198 not in by, runs  # D was never generated
     assert batcher.stats["dropped_queued"] - stats0["dropped_queued"] == 1
-    assert batcher.stats["cancelled_running"] - stats0["cancelled_running"] == 1
+    assert batcher.stats["cancelled_running"] - stats0["cancelled_running"] == 2
     assert batcher.stats["completed"] - stats0["completed"] == 1 and batcher.q.qsize() == 0
+
+
+def test_server_logprobs_follow_the_openai_schema_and_the_judge_reads_them(server):
+    import httpx
+
+    from synth import reward as rw
+    from synth.backends import LocalBackend, OpenAIBackend
+    from synth.config import SynthConfig
+
+    url, _ = server
+    r = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4, "temperature": 0,
+        "logprobs": True, "top_logprobs": 5}).json()
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"] > 0 and r["usage"]["prompt_tokens"] > 0
+    for t in content:  # greedy: the chosen token is the most likely one
+        assert len(t["top_logprobs"]) == 5 and t["top_logprobs"][0]["token"] == t["token"] and t["logprob"] <= 0
+        assert t["top_logprobs"][0]["logprob"] == pytest.approx(t["logprob"])
+    assert "".join(t["token"] for t in content).strip() == r["choices"][0]["message"]["content"]
+    bad = httpx.post(url + "/v1/chat/completions", timeout=10, json={
+        "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21})
+    assert bad.status_code == 400 and "top_logprobs" in bad.json()["error"]["message"]
+    # the judge through the server (prefix continued, score from top_logprobs) = the in-process judge
+    ex = [{"role": "user", "content": "I still have not received my new card, when will it arrive?"},
+          {"role": "assistant", "content": "card_arrival"}]
+    params = rw.judge_params(SynthConfig(judge_max_tokens=2, judge_prefill=True))
+    remote = rw.judge_result(OpenAIBackend("smollm2", base_url=url + "/v1", timeout_s=60).score(rw.judge_prompt(ex), params))
+    local = rw.judge_result(LocalBackend(max_batch=1).score(rw.judge_prompt(ex), params))
+    assert remote["parse"] == local["parse"] == "logprobs"
+    assert remote["score"] == pytest.approx(local["score"], abs=0.02) and remote["mass"] == pytest.approx(local["mass"], abs=0.02)

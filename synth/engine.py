@@ -1,0 +1,245 @@
+"""A small continuous-batching decode engine over a transformers causal LM (CPU or GPU).
+
+What a serving stack (vLLM, TGI) does, in ~200 lines, for the local backend and
+:mod:`synth.server`:
+
+* **Continuous batching** — rows join the running decode batch between two
+  steps (:meth:`Engine.admit`) and leave it the step they finish
+  (:meth:`Engine.step`), so a finished row costs nothing more and a new
+  request does not wait for the whole batch.
+* **Per-row prefill, no padding waste** — each prompt is prefilled alone, then
+  its KV cache is left-padded into the batch; the attention mask hides the
+  padding and each row keeps its own positions.  Columns that are padding for
+  every row are trimmed when rows leave.
+* **Prefix cache** — the KV of recent prompts is kept (LRU); a new prompt reuses
+  the cached KV of its longest common prefix with any of them (the system
+  prompt and template text every synth prompt shares) and only the rest is
+  prefilled.  An identical prompt (a judge retry) prefills one token.
+* **Per-row sampling** — greedy, or temperature/top-p with a per-row seeded
+  generator: a row's tokens do not depend on what else is in the batch.
+* **Log-probabilities** — per generated token, the top-k alternatives (the
+  OpenAI ``logprobs``/``top_logprobs`` schema), and the probability of given
+  ``choices`` tokens at the first generated position (the judge's score).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch
+
+
+class Row:
+    """One generation: prompt ids, limits, sampling, and what came out."""
+
+    def __init__(self, ids: list[int], max_new: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0, logprobs: bool = False, top_logprobs: int = 0, choices: list[int] | None = None,
+                 gone: Callable[[], bool] | None = None, tag: Any = None):
+        if not ids:
+            raise ValueError("empty prompt")
+        self.ids = list(ids)
+        self.max_new = max(1, int(max_new))
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.gen: torch.Generator | None = None
+        if self.temperature > 0:
+            self.gen = torch.Generator().manual_seed(int(seed))
+        self.top_logprobs = max(0, int(top_logprobs))
+        self.want_logprobs = bool(logprobs) or self.top_logprobs > 0
+        self.choices = choices
+        self.gone = gone or (lambda: False)
+        self.tag = tag
+        self.out: list[int] = []
+        self.logprobs: list[dict[str, Any]] = []  # per token: {"id", "logprob", "top": [(id, logprob), ...]}
+        self.choice_probs: list[float] | None = None
+        self.finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
+        self.prefilled = 0  # prompt tokens actually computed (the rest came from the prefix cache)
+        self.batch_at_admit = 0
+        self.logits: torch.Tensor | None = None  # next-token logits while pending
+
+
+class Engine:
+    def __init__(self, lm, tok, max_batch: int = 8, prefix_cache: int = 16, min_prefix: int = 8):
+        self.lm = lm
+        self.tok = tok
+        self.max_batch = max(1, int(max_batch))
+        self.prefix_cache_size = prefix_cache
+        self.min_prefix = min_prefix
+        self.device = next(lm.parameters()).device
+        eos = getattr(lm.generation_config, "eos_token_id", None) or tok.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self._prefix: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.rows: list[Row] = []
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [B, H, T, D], left-padded
+        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
+        self.lock = threading.Lock()
+        self.stats = {"steps": 0, "prefill_tokens": 0, "prefix_reused_tokens": 0, "prefill_s": 0.0, "decode_s": 0.0,
+                      "row_steps": 0}
+
+    # ------------------------------------------------------------ model calls
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, kv) -> tuple[torch.Tensor, list]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                      logits_to_keep=1)
+        return out.logits[:, -1].float(), [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _prefill(self, row: Row) -> None:
+        ids = row.ids
+        best, best_kv = 0, None
+        for key, kv in self._prefix.items():
+            n = min(len(key), len(ids) - 1)  # always compute at least the last prompt token
+            i = 0
+            while i < n and key[i] == ids[i]:
+                i += 1
+            if i > best:
+                best, best_kv = i, kv
+        if best < self.min_prefix:
+            best, best_kv = 0, None
+        kv = [(k[:, :, :best], v[:, :, :best]) for k, v in best_kv] if best_kv else None
+        rest = torch.tensor([ids[best:]], device=self.device)
+        mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
+        pos = torch.arange(best, len(ids), device=self.device)[None]
+        t = time.perf_counter()
+        logits, kv = self._forward(rest, mask, pos, kv)
+        self.stats["prefill_s"] += time.perf_counter() - t
+        self.stats["prefill_tokens"] += len(ids) - best
+        self.stats["prefix_reused_tokens"] += best
+        row.prefilled = len(ids) - best
+        key = tuple(ids)
+        self._prefix[key] = kv
+        self._prefix.move_to_end(key)
+        while len(self._prefix) > self.prefix_cache_size:
+            self._prefix.popitem(last=False)
+        row.logits = logits[0]
+        self._join(row, kv)
+
+    def _join(self, row: Row, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        L = kv[0][0].shape[2]
+        m = torch.ones(1, L, dtype=torch.long, device=self.device)
+        if self.kv is None:
+            self.kv, self.mask = kv, m
+        else:
+            T = self.kv[0][0].shape[2]
+            W = max(T, L)
+
+            def pad(x: torch.Tensor, n: int) -> torch.Tensor:
+                if n == 0:
+                    return x
+                z = x.new_zeros(*x.shape[:2], n, *x.shape[3:])
+                return torch.cat([z, x], dim=2)
+
+            self.kv = [(torch.cat([pad(K, W - T), pad(k, W - L)]), torch.cat([pad(V, W - T), pad(v, W - L)]))
+                       for (K, V), (k, v) in zip(self.kv, kv)]
+            self.mask = torch.cat([torch.nn.functional.pad(self.mask, (W - T, 0)), torch.nn.functional.pad(m, (W - L, 0))])
+        row.batch_at_admit = len(self.rows) + 1
+        self.rows.append(row)
+
+    def _leave(self, keep: list[int]) -> None:
+        if not keep:
+            self.rows, self.kv, self.mask = [], None, None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self.rows = [self.rows[i] for i in keep]
+        mask = self.mask.index_select(0, idx)
+        lead = int((mask.sum(0) == 0).long().cumprod(0).sum())  # columns that are padding for every row
+        self.mask = mask[:, lead:]
+        self.kv = [(k.index_select(0, idx)[:, :, lead:], v.index_select(0, idx)[:, :, lead:]) for k, v in self.kv]
+
+    # ------------------------------------------------------------ public
+    def admit(self, row: Row) -> None:
+        """Prefill ``row`` (reusing the prefix cache) and add it to the running batch."""
+        with torch.inference_mode():
+            self._prefill(row)
+
+    def _pick(self, row: Row, logits: torch.Tensor) -> int:
+        logp = torch.log_softmax(logits, -1)
+        if row.choices is not None and row.choice_probs is None:
+            row.choice_probs = logp[row.choices].exp().tolist()
+        if row.temperature > 0:
+            p = torch.softmax(logits / row.temperature, -1)
+            if row.top_p < 1.0:
+                sp, si = p.sort(descending=True)
+                cut = (sp.cumsum(0) - sp) > row.top_p
+                sp[cut] = 0
+                p = torch.zeros_like(p).scatter(0, si, sp)
+            tid = int(torch.multinomial(p, 1, generator=row.gen))
+        else:
+            tid = int(logits.argmax())
+        if row.want_logprobs:
+            top = logp.topk(row.top_logprobs) if row.top_logprobs else None
+            row.logprobs.append({"id": tid, "logprob": float(logp[tid]),
+                                 "top": list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []})
+        return tid
+
+    def step(self) -> list[Row]:
+        """Pick each row's next token and run ONE batched forward for all rows; returns the rows that finished."""
+        if not self.rows:
+            return []
+        with torch.inference_mode():
+            done: list[Row] = []
+            nxt: list[int] = []
+            keep: list[int] = []
+            for i, r in enumerate(self.rows):
+                if r.gone():
+                    r.finish = "cancelled"
+                    done.append(r)
+                    continue
+                tid = self._pick(r, r.logits)
+                if tid in self.eos:
+                    r.finish = "stop"
+                    done.append(r)
+                    continue
+                r.out.append(tid)
+                if len(r.out) >= r.max_new:
+                    r.finish = "length"
+                    done.append(r)
+                    continue
+                keep.append(i)
+                nxt.append(tid)
+            if len(keep) < len(self.rows):
+                self._leave(keep)
+            if not self.rows:
+                return done
+            t = time.perf_counter()
+            B = len(self.rows)
+            self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=torch.long, device=self.device)], 1)
+            pos = (self.mask.sum(1, keepdim=True) - 1)
+            ids = torch.tensor(nxt, device=self.device)[:, None]
+            logits, self.kv = self._forward(ids, self.mask, pos, self.kv)
+            for r, lg in zip(self.rows, logits):
+                r.logits = lg
+            self.stats["steps"] += 1
+            self.stats["row_steps"] += B
+            self.stats["decode_s"] += time.perf_counter() - t
+            return done
+
+    def run(self, rows: list[Row]) -> list[Row]:
+        """Generate every row to the end, ``max_batch`` at a time (continuous: a free slot is refilled at once)."""
+        with self.lock:
+            todo = list(rows)
+            while todo or self.rows:
+                while todo and len(self.rows) < self.max_batch:
+                    self.admit(todo.pop(0))
+                self.step()
+        return rows
+
+    # ------------------------------------------------------------ text helpers
+    def text(self, row: Row) -> str:
+        return self.tok.decode(row.out, skip_special_tokens=True).strip()
+
+    def token_str(self, tid: int) -> str:
+        return self.tok.decode([tid])
+
+    def openai_logprobs(self, row: Row) -> list[dict[str, Any]]:
+        """The OpenAI ``choices[].logprobs.content`` list for ``row`` (tokens as decoded text)."""
+        out = []
+        for e in row.logprobs[: len(row.out)]:
+            t = self.token_str(e["id"])
+            out.append({"token": t, "logprob": e["logprob"], "bytes": list(t.encode("utf-8")),
+                        "top_logprobs": [{"token": (s := self.token_str(i)), "logprob": lp, "bytes": list(s.encode("utf-8"))}
+                                         for i, lp in e["top"]]})
+        return out

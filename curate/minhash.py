@@ -46,16 +46,30 @@ agrees with probability ``J(A,B) = |A∩B| / |A∪B|``, so the fraction of equal
 bins is an unbiased Jaccard estimate with variance ≈ ``J(1-J)/k``
 (std 0.035 at ``J = 0.8, k = 128``).
 
-LSH banding (same parameters as datasketch)
--------------------------------------------
+LSH banding and exact verification
+----------------------------------
 The ``k`` values are cut into ``b`` bands of ``r`` rows. Two documents with
 Jaccard ``s`` share at least one band with probability ``P(s) = 1-(1-s^r)^b``.
-For a threshold ``t`` we pick ``(b, r)`` with ``b·r ≤ k`` minimising
-``w_fp·∫_0^t P(s) ds + w_fn·∫_t^1 (1-P(s)) ds`` — the false-positive area
-below the threshold plus the false-negative area above it, exactly as
-``datasketch.lsh._optimal_param`` (default weights 0.5/0.5).
-``t=0.8, k=128`` → ``b=9, r=13``. Candidates from a shared band are then
-*verified*: kept only if the estimated Jaccard (equal bins / k) ≥ ``t``.
+The user states a Jaccard threshold ``t`` and means "every pair with J ≥ t", so
+:func:`lsh_params` picks, among ``b·r ≤ k`` with ``P(t) ≥ 0.99``, the ``(b, r)``
+with the smallest false-positive area ``∫_0^t P(s) ds`` (the candidates below
+the threshold that verification must reject). ``t=0.8, k=128`` → ``b=16, r=6``:
+``P(0.8) = 0.992``, ``P(0.9) ≈ 1``, ``P(0.5) = 0.22``, ``P(0.3) = 0.012``.
+(datasketch's rule, :func:`optimal_params`, balances false positives and
+negatives instead: ``(9, 13)``, whose ``P(0.8)`` is only 0.40.)
+
+Candidates are then verified by the *exact* Jaccard of their shingle sets
+(:func:`verify_pairs`): the shingle hashes of the rows in candidate pairs are
+recomputed from their texts (:func:`shingle_hashes`, the same shingles the
+signatures were made of), a block of pairs at a time, and each pair's
+``|A∩B| / |A∪B|`` is counted (:func:`jaccard_sets`). The decision at the
+threshold is therefore exact (64-bit shingle hashes: a collision inside one pair
+has probability ~10⁻¹⁵), not an estimate with spread ±0.035; the only misses
+are pairs LSH never proposes (≤ 0.8 % at J = t, fewer above).
+
+The near detector never needs the full signatures: :func:`lsh_keys_of` computes
+each signature in a scratch row and keeps only its ``b`` band keys (``b·8`` bytes
+a record: 128 B instead of 512 B at 16 bands).
 
 Clusters are the connected components of the verified pairs, computed by a
 :class:`UnionFind` (path halving + union by size).
@@ -63,11 +77,12 @@ Clusters are the connected components of the verified pairs, computed by a
 Two implementations of the same arithmetic
 ------------------------------------------
 With numba installed, :mod:`curate.minhash_kernel` does the hot loops in
-machine code: :func:`signatures_of` (one pass per document over the raw UTF-8
-of a batch: ASCII normalisation by table, word hashes, shingles, OPH bins,
-optimal densification), :func:`lsh_candidates` (band keys of a row at once,
-shared keys found with one hash table per band) and
-:meth:`UnionFind.union_pairs`. Without numba, or with ``WORKBENCH_NO_JIT=1``
+machine code: :func:`signatures_of` / :func:`lsh_keys_of` (one pass per document
+over the raw UTF-8 of a batch: ASCII normalisation by table, word hashes,
+shingles, OPH bins, optimal densification, band keys), :func:`shingle_hashes`
+and :func:`jaccard_sets` (verification), :func:`lsh_candidates` /
+:func:`lsh_candidates_keys` (shared band keys found with cache-sized hash tables
+per band) and :meth:`UnionFind.union_pairs`. Without numba, or with ``WORKBENCH_NO_JIT=1``
 (``jit=False`` per call), the numpy paths above run instead (:func:`shingle` +
 :func:`signatures`, sorted band keys, the Python union-find). They are
 bit-identical (tested), so signatures, candidates, clusters, Redis indexes and
@@ -511,7 +526,8 @@ def lsh_candidates_keys(keys: np.ndarray, rows: np.ndarray | None = None, jit: b
 
 
 def jaccard_estimate(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 200_000) -> np.ndarray:
-    """Fraction of equal bins between rows ``a[i]`` and ``b[i]``."""
+    """Fraction of equal bins between rows ``a[i]`` and ``b[i]``: the MinHash estimate of
+    their Jaccard (unbiased, spread ≈ √(J(1−J)/k)); verification uses the exact Jaccard."""
     out = np.empty(len(a), np.float32)
     for i in range(0, len(a), chunk):
         out[i : i + chunk] = (sig[a[i : i + chunk]] == sig[b[i : i + chunk]]).mean(axis=1)
@@ -536,7 +552,8 @@ def false_negative_probability(threshold: float, b: int, r: int) -> float:
 
 
 def optimal_params(threshold: float, num_perm: int = 128, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
-    """(bands b, rows r) with b·r ≤ num_perm minimising w_fp·FP + w_fn·FN (datasketch's rule)."""
+    """(bands b, rows r) with b·r ≤ num_perm minimising w_fp·FP + w_fn·FN (datasketch's rule,
+    kept for the datasketch baseline and comparison; the near detector uses :func:`lsh_params`)."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"Jaccard threshold must be in (0, 1), got {threshold}")
     best, opt = float("inf"), (1, num_perm)

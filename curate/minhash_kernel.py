@@ -247,6 +247,8 @@ def bucket_pairs(keys, cols, rows, full_upto):
     position)`` and only those few records are grouped (stable sort) into buckets."""
     b = keys.shape[0]
     n = cols.shape[0]
+    # all columns in order (the usual case): read keys[band] directly, not through cols
+    ident = n == keys.shape[1] and (n == 0 or (cols[0] == 0 and cols[n - 1] == n - 1))
     pbits = 0
     while (n >> pbits) > 4096:
         pbits += 1
@@ -255,7 +257,7 @@ def bucket_pairs(keys, cols, rows, full_upto):
     start = np.empty(n_part + 1, np.int64)
     cur = np.empty(n_part, np.int64)
     pk = np.empty(n, np.uint64)
-    pi = np.empty(n, np.int64)
+    pi = np.empty(n, np.int32)  # positions (< 2^31 records per call)
     table = np.empty((16, 2), np.uint64)
     dup_first = np.empty(n, np.int64)
     dup_pos = np.empty(n, np.int64)
@@ -267,12 +269,12 @@ def bucket_pairs(keys, cols, rows, full_upto):
         if pbits > 0:
             start[:] = 0
             for i in range(n):
-                start[np.int64(kb[cols[i]] >> pshift) + 1] += 1
+                start[np.int64((kb[i] if ident else kb[cols[i]]) >> pshift) + 1] += 1
             for q in range(n_part):
                 start[q + 1] += start[q]
                 cur[q] = start[q]
             for i in range(n):
-                h = kb[cols[i]]
+                h = kb[i] if ident else kb[cols[i]]
                 q = np.int64(h >> pshift)
                 j = cur[q]
                 pk[j] = h
@@ -282,7 +284,7 @@ def bucket_pairs(keys, cols, rows, full_upto):
             start[0] = 0
             start[1] = n
             for i in range(n):
-                pk[i] = kb[cols[i]]
+                pk[i] = kb[i] if ident else kb[cols[i]]
                 pi[i] = i
         nd = 0
         for q in range(n_part):
@@ -304,11 +306,11 @@ def bucket_pairs(keys, cols, rows, full_upto):
                     occ = table[s, 1]
                     if occ == 0:
                         table[s, 0] = h
-                        table[s, 1] = np.uint64(pi[j] + 1)
+                        table[s, 1] = np.uint64(pi[j]) + np.uint64(1)
                         break
                     if table[s, 0] == h:
                         dup_first[nd] = np.int64(occ) - 1
-                        dup_pos[nd] = pi[j]
+                        dup_pos[nd] = np.int64(pi[j])
                         nd += 1
                         break
                     s = (s + 1) & mask

@@ -1,4 +1,4 @@
-"""Side-by-side training-speed benchmark: TRL's QLoRA SFTTrainer vs our fast engine (train/fast.py).
+"""Side-by-side training-speed benchmark: TRL's QLoRA SFTTrainer vs `python -m train`'s engine (train/engine.py).
 
 Same random-init model shape, same seeded chat-like data (lognormal lengths 32..2048, truncated to 1024,
 the recipe of ../shared/bench/trl_qlora_baseline.py copied here so the device run is self-contained), same
@@ -40,21 +40,31 @@ SHAPES = {
                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
 }
 
-# (name, kind, options). TRL modes as in the shared baseline; ours: FastConfig overrides.
+# TRL modes as in the shared baseline
 TRL_MODES = ["default", "packed_liger", "packed", "liger"]
+# ours = the engine behind `python -m train` (train/engine.py) on the same data, every token trained (as in TRL's
+# run), NF4 + double quant, LoRA r16 alpha 32 all-linear with dropout 0.0: TRL baseline's exact LoRA config.
+#   batch: examples per optimizer step (TRL default: 8); mem: GPU memory capped at this multiple of TRL
+#   default's peak (gpu_memory_gib); dropout: LoRA dropout; liger: Liger RMSNorm/RoPE/SwiGLU + fused loss head;
+#   tuning: train_engine's ablation knobs (packing, micro_rows, checkpointed_layers)
 OURS = {
-    # the recipe as shipped: packing + liger + auto micro-batch (no GC when it fits), 8192 slots per step
-    "ours": {},
-    # same, micro-batch capped to fit 1.5x TRL default's peak memory (set by the driver)
-    "ours_mem1.5x": {"memory_budget": 1.5},
-    # ablation: each trick on its own on top of "TRL-like" (padding, no liger, GC on, 8 rows per micro-batch)
-    "abl_plain": {"packing": False, "liger": False, "gradient_checkpointing": "on", "micro_rows": 8},
-    "abl_packing": {"liger": False, "gradient_checkpointing": "on", "micro_rows": 8},
-    "abl_liger": {"packing": False, "liger": True, "gradient_checkpointing": "on", "micro_rows": 8},
-    "abl_nogc": {"packing": False, "liger": False, "gradient_checkpointing": "off", "micro_rows": 8},
-    "abl_pack_liger_nogc": {"liger": True, "gradient_checkpointing": "off", "micro_rows": 8},
-    "abl_bigstep": {"tokens_per_step": 32768},  # bigger micro-batch/step (changes the optimisation batch)
-    "abl_compile": {"compile": True},
+    "cli_b8": {"batch": 8},
+    "cli_b32": {"batch": 32},  # ~ 11k real tokens per step
+    # 24 examples ~ 8.3k real tokens per step = TRL packing's 8 rows of 1024 slots: the same step size as TRL packed
+    "cli_b24": {"batch": 24},
+    "cli_b24_mem1.5x": {"batch": 24, "mem": 1.5},
+    "cli_b8_mem1.5x": {"batch": 8, "mem": 1.5},
+    "cli_b32_mem1.5x": {"batch": 32, "mem": 1.5},
+    "cli_b32_mem1.0x": {"batch": 32, "mem": 1.0},
+    "cli_b32_mem1.5x_dropout0.05": {"batch": 32, "mem": 1.5, "dropout": 0.05},  # python -m train's default dropout
+    # ablation: each trick alone on top of a TRL-like run (8 examples per step, one per row padded to the longest,
+    # no Liger, every layer checkpointed, the whole step in one micro-batch)
+    "abl_plain": {"batch": 8, "liger": False, "tuning": {"packing": False, "micro_rows": 8, "checkpointed_layers": "all"}},
+    "abl_packing": {"batch": 8, "liger": False, "tuning": {"micro_rows": 8, "checkpointed_layers": "all"}},
+    "abl_liger": {"batch": 8, "tuning": {"packing": False, "micro_rows": 8, "checkpointed_layers": "all"}},
+    "abl_nogc": {"batch": 8, "liger": False, "tuning": {"packing": False, "micro_rows": 8, "checkpointed_layers": 0}},
+    "abl_pack_liger": {"batch": 8, "tuning": {"micro_rows": 8, "checkpointed_layers": "all"}},
+    "abl_pack_liger_nogc": {"batch": 8, "tuning": {"micro_rows": 8, "checkpointed_layers": 0}},
 }
 
 
@@ -152,47 +162,14 @@ def worker_trl(mode: str, shape: str, steps: int, warmup: int, device: str) -> d
             "loss_end": losses[-1] if losses else None, "losses": losses, "batches_seen": cnt["batches"]}
 
 
-def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem_budget: float | None) -> dict:
+def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem_ref: float | None = None) -> dict:
+    """The engine behind `python -m train` (train/engine.py): NF4 QLoRA, Liger, per-step packing into
+    1024-token rows, target-only loss head, micro-batch and checkpointed layers timed up front."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as train/__main__.py sets it
     sys.path.insert(0, ROOT)
-    from train.fast import FastConfig, train_fast
-
-    opts = dict(OURS[mode])
-    if "memory_budget" in opts:
-        factor = opts.pop("memory_budget")
-        if not mem_budget:
-            raise RuntimeError("memory-matched run needs TRL default's peak (--mem-ref)")
-        opts["memory_budget_gib"] = factor * mem_budget
-    data = make_data(SHAPES[shape]["vocab_size"])
-    exs = [{"input_ids": ids, "labels": ids} for ids in data]  # TRL trains on every token of this dataset
-    fc = FastConfig(max_steps=steps, learning_rate=2e-4, seed=0, quantize="nf4" if device == "cuda" else "none",
-                    **opts)
-    if device != "cuda":
-        fc.liger = False
-        fc.compile = False
-    m = train_fast(os.path.join(MODEL_DIR, shape), None, exs, fc, None)
-    m.pop("model")
-    secs, toks = m["step_seconds"][warmup:], m["step_real_tokens"][warmup:]
-    m["tokens_per_s_real"] = sum(toks) / sum(secs)
-    m["sec"] = sum(secs)
-    m["loss_end"] = m["losses"][-1]
-    for k in ("step_seconds", "step_real_tokens", "config"):
-        m.pop(k)
-    return m
-
-
-CLI = {  # python -m train's own engine (train/engine.py), called on the same data: examples per step
-    "cli_b8": 8,    # = TRL default's 8 examples per step
-    "cli_b32": 32,  # ~ the 8192 token slots per step of "ours"
-    "cli_b8_mem1.5x": 8,   # the same, GPU memory capped at 1.5x TRL default's peak (gpu_memory_gib)
-    "cli_b32_mem1.5x": 32,
-}
-
-
-def worker_cli(mode: str, shape: str, steps: int, warmup: int, device: str, mem_ref: float | None = None) -> dict:
-    """The engine behind `python -m train` (NF4 QLoRA, Liger, per-step packing into 1024-token rows,
-    target-only loss head), same LoRA r16 all-linear, same data, every token trained (as in TRL's run)."""
-    sys.path.insert(0, ROOT)
+    import tempfile
     import types
+    from pathlib import Path
 
     import torch
     from peft import get_peft_model
@@ -202,38 +179,43 @@ def worker_cli(mode: str, shape: str, steps: int, warmup: int, device: str, mem_
     from train.kernels import apply_liger, liger_available
     from train.recipe import load_base, lora_config
 
+    o = OURS[mode]
     cuda = device == "cuda"
-    cfg = TrainConfig(batch_size=CLI[mode], max_length=1024, max_steps=steps, learning_rate=2e-4, lora_dropout=0.05,
-                      logging_steps=1, save_steps=10**9, warmup_ratio=0.0, lr_scheduler="constant",
-                      gpu_memory_gib=1.5 * mem_ref if mode.endswith("mem1.5x") and mem_ref else 0.0)
-    if mode.endswith("mem1.5x") and not mem_ref:
+    if o.get("mem") and cuda and not mem_ref:
         raise RuntimeError("memory-matched run needs TRL default's peak (--mem-ref)")
+    cfg = TrainConfig(batch_size=o["batch"], max_length=1024, max_steps=steps, learning_rate=2e-4,
+                      lora_dropout=o.get("dropout", 0.0), logging_steps=1, save_steps=10**9, warmup_ratio=0.0,
+                      lr_scheduler="constant", gpu_memory_gib=o["mem"] * mem_ref if o.get("mem") and mem_ref else 0.0)
     data = make_data(SHAPES[shape]["vocab_size"])
     exs = [{"input_ids": ids[:1024], "labels": ids[:1024]} for ids in data]
     torch.manual_seed(0)
     model = load_base(os.path.join(MODEL_DIR, shape), "nf4" if cuda else "none", cuda)
-    if cuda and liger_available():
+    liger = cuda and liger_available() and o.get("liger", True)
+    if liger:
         apply_liger(model)
     model.config.use_cache = False
     pm = get_peft_model(model, lora_config(cfg, model))
+    tuning = dict(o.get("tuning", {}))
+    if not liger:
+        tuning["liger_loss"] = False
     recs: list[dict] = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as td:
-        summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, __import__("pathlib").Path(td),
-                     device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
-                     log_metrics=recs.append)
+        summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, Path(td),
+                            device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
+                            log_metrics=recs.append, tuning=tuning)
     timed = recs[warmup:]
     prev = recs[warmup - 1]["num_tokens"] if warmup else 0
     toks = timed[-1]["num_tokens"] - prev
     secs = sum((r["num_tokens"] - q) / r["tokens_per_s"] for r, q in
                zip(timed, [prev] + [t["num_tokens"] for t in timed[:-1]]))
+    eng = summ["engine"]
     return {"tokens_per_s_real": toks / secs, "sec": secs,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": CLI[mode],
-            "gpu_memory_gib": cfg.gpu_memory_gib, "engine": summ["engine"]}
+            "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
+            "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
+            "micro_rows": eng["micro_rows"], "checkpointed_layers": eng["checkpointed_layers"], "engine": eng}
 
 
 def driver(args) -> dict:
@@ -313,7 +295,7 @@ def ratios(res: dict) -> None:
                            "mem_x_trl_default": round(r["peak_gib"] / bpk, 2) if bpk and r.get("peak_gib") else None,
                            "loss_rel_diff_vs_trl_default": round(r["loss_end"] / bl - 1, 4)
                            if bl and r.get("loss_end") else None,
-                           "micro_rows": r.get("micro_rows"), "gc": r.get("gradient_checkpointing")}
+                           "micro_rows": r.get("micro_rows"), "checkpointed_layers": r.get("checkpointed_layers")}
         d["table"] = table
 
 
@@ -322,11 +304,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dry-run", action="store_true", help="tiny shape, 3 steps, CPU-friendly plan")
     ap.add_argument("--shapes", default="llama1b,smol135m,llama3b")
-    ap.add_argument("--plan", default="trl:default,trl:packed_liger,ours:ours,ours:ours_mem1.5x",
+    ap.add_argument("--plan", default="trl:default,trl:packed_liger,ours:cli_b32_mem1.5x,ours:cli_b32",
                     help="kind:mode list run on every shape")
     ap.add_argument("--ablation-shape", default="llama1b")
-    ap.add_argument("--ablations", default="ours:abl_plain,ours:abl_packing,ours:abl_liger,ours:abl_nogc,ours:abl_pack_liger_nogc,"
-                    "ours:abl_bigstep,ours:abl_compile,trl:packed,trl:liger")
+    ap.add_argument("--ablations", default="ours:abl_plain,ours:abl_packing,ours:abl_liger,ours:abl_nogc,ours:abl_pack_liger,"
+                    "ours:abl_pack_liger_nogc,ours:cli_b8,ours:cli_b8_mem1.5x,ours:cli_b32_mem1.0x,"
+                    "ours:cli_b32_mem1.5x_dropout0.05")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting new runs after this many seconds")
@@ -341,13 +324,12 @@ def main(argv=None) -> int:
         if a.worker == "trl":
             r = worker_trl(a.mode, a.shape, a.steps, a.warmup, a.device)
         else:
-            r = (worker_cli(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref) if a.mode in CLI
-                 else worker_ours(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref))
+            r = worker_ours(a.mode, a.shape, a.steps, a.warmup, a.device, a.mem_ref)
         print("RESULT " + json.dumps(r), flush=True)
         return 0
     if a.dry_run:
         a.shapes, a.steps, a.warmup = "tiny", 4, 1
-        a.plan, a.ablation_shape = "trl:default,ours:ours", "tiny"
+        a.plan, a.ablation_shape = "trl:default,ours:cli_b32,ours:cli_b32_mem1.5x", "tiny"
         a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc"
     res = driver(a)
     print(json.dumps({sh: d.get("table") for sh, d in res["shapes"].items()}, indent=1))

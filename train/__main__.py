@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import field_help, load
+# CUDA: grow allocator segments instead of caching fixed blocks, so varying micro-batch shapes (packed rows,
+# the last micro-batch of a step) do not fragment memory under a gpu_memory_gib cap. Set before torch touches
+# CUDA; a value the user exported wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+from .config import field_help, load  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

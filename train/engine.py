@@ -14,8 +14,10 @@ cheaper, each exact (``tests/test_engine.py`` checks them against the plain HF l
   and reused every epoch; each step runs only the top N layers forward and backward. On a 2-core CPU this
   is what makes ``make demo`` fit its budget;
 * CUDA: NF4 QLoRA (bitsandbytes, double quant, bf16 compute), Liger RMSNorm/RoPE/SwiGLU when installed,
-  micro-batches halved on out-of-memory and per-layer activation checkpointing only when even one row does
-  not fit.
+  and the micro-batch sized to memory before the first step: :func:`choose_micro_batch` times a few
+  forward+backward passes (no checkpointing / all layers / the fewest layers that fit) under the memory cap
+  (``gpu_memory_gib``) and keeps the fastest; an out-of-memory error later checkpoints every layer, then
+  halves the micro-batch, instead of failing.
 
 Checkpoints (adapter weights, optimizer, scheduler, step) go to ``checkpoints/checkpoint-N`` every
 ``save_steps``; ``--resume`` continues from the newest one and ends at the same step count, because the
@@ -76,13 +78,16 @@ def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
 
 
 def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, *, final_norm: bool,
-               checkpoint_layers: bool = False) -> torch.Tensor:
+               checkpoint_layers: int = 0) -> torch.Tensor:
     """Decoder layers ``lo:hi`` of ``body`` on ``hidden`` [B,T,H] with packed position ids (no attention
-    across examples: transformers builds the block-diagonal mask from the restarting position ids)."""
+    across examples: transformers builds the block-diagonal mask from the restarting position ids).
+
+    ``checkpoint_layers``: the first N of these layers keep only their input for backward and recompute the
+    rest (selective activation checkpointing: N is chosen by :func:`choose_micro_batch` to fit memory)."""
     mask = _causal_mask(body.config, hidden, pos)
     pe = body.rotary_emb(hidden, position_ids=pos)
-    for layer in body.layers[lo:hi]:
-        if checkpoint_layers and torch.is_grad_enabled():
+    for i, layer in enumerate(body.layers[lo:hi]):
+        if i < checkpoint_layers and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
             hidden = checkpoint(lambda h, _l=layer: _l(h, attention_mask=mask, position_embeddings=pe,
@@ -90,6 +95,74 @@ def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, 
         else:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos)
     return body.norm(hidden) if final_norm else hidden
+
+
+def choose_micro_batch(try_fb: Callable[[int, int], float | None], rows_needed: int, n_active: int,
+                       margin_layers: int = 1) -> tuple[int, int, list[dict]]:
+    """Pick (rows per micro-batch, checkpointed layers) for the fastest step that fits in GPU memory.
+
+    ``try_fb(m, c)`` runs one timed forward+backward on ``m`` full rows with ``c`` of the ``n_active`` trained
+    layers checkpointed and returns real tokens/s, or None when it ran out of memory. The search:
+
+    1. no checkpointing: the largest micro-batch (``rows_needed``, then a half, a third, ... of it) that fits;
+       if the whole step fits, that is the answer (nothing is recomputed, no accumulation);
+    2. every layer checkpointed: the largest micro-batch that fits;
+    3. if (2) fits more rows than (1): at that micro-batch, the fewest checkpointed layers that still fit
+       (binary search; fitting is monotone in ``c``), plus ``margin_layers`` for allocator slack.
+
+    The candidate with the highest measured tokens/s wins: under a tight memory cap a big micro-batch with
+    partial checkpointing usually beats a small one without (``bench/train_speed.py`` measures both).
+    Returns (m, c, trials) where trials lists every probe for the run manifest.
+    """
+    trials: list[dict] = []
+
+    def probe(m: int, c: int) -> float | None:
+        tps = try_fb(m, c)
+        trials.append({"rows": m, "checkpointed_layers": c, "tokens_per_s": None if tps is None else round(tps)})
+        return tps
+
+    def largest(c: int) -> tuple[float, int] | None:
+        # candidates: the whole step, then 2, 3, 4, 6, 8, ... balanced micro-batches per step
+        tried, k = set(), 1
+        while True:
+            m = math.ceil(rows_needed / k)
+            if m not in tried:
+                tried.add(m)
+                tps = probe(m, c)
+                if tps is not None:
+                    return tps, m
+            if m == 1:
+                return None
+            k = k + 1 if k < 4 else k * 3 // 2
+
+    best0 = largest(0)
+    if best0 and best0[1] == rows_needed:
+        return rows_needed, 0, trials
+    best_all = largest(n_active) if n_active else None
+    if best_all is None:
+        if best0 is None:
+            raise RuntimeError("one row of max_length tokens does not fit in GPU memory even with activation "
+                               "checkpointing; lower max_length or raise gpu_memory_gib")
+        return best0[1], 0, trials
+    cands = [(best_all[0], best_all[1], n_active)]
+    if best0:
+        cands.append((best0[0], best0[1], 0))
+    m = best_all[1]
+    if n_active > 1 and (best0 is None or m > best0[1]):
+        lo, hi = 0, n_active  # c=0 does not fit at m, c=n_active does
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(m, mid) is None:
+                lo = mid
+            else:
+                hi = mid
+        c = min(n_active, hi + margin_layers)
+        if c < n_active:
+            tps = probe(m, c)
+            if tps is not None:
+                cands.append((tps, m, c))
+    tps, m, c = max(cands)
+    return m, c, trials
 
 
 class PrefixCache:
@@ -129,10 +202,21 @@ class PrefixCache:
         return out
 
 
-def _pack_step(examples: list[dict], idx: list[int], max_length: int):
-    """Pack the step's examples; returns (rows, member indices per row)."""
+def _pack_step(examples: list[dict], idx: list[int], max_length: int, packing: bool = True):
+    """Pack the step's examples; returns (rows, member indices per row). ``packing=False`` (benchmark
+    ablation only) gives one example per row, padded like an unpacked batch."""
+    if not packing:
+        rows = [pack_examples([examples[i]], max_length, shuffle_seed=None)[0] for i in idx]
+        return rows, [[i] for i in idx]
     rows = pack_examples([examples[i] for i in idx], max_length, shuffle_seed=None)
     return rows, [[idx[j] for j in r.sources] for r in rows]
+
+
+def _balanced(n: int, m: int) -> list[tuple[int, int]]:
+    """Split ``n`` rows into ceil(n/m) micro-batches of near-equal size (12 rows, m=10: 6+6, not 10+2)."""
+    k = max(1, math.ceil(n / m)) if n else 0
+    bounds = [round(i * n / k) for i in range(k + 1)] if k else [0]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -167,7 +251,7 @@ def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
 
 def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
                  resume_ckpt: Path | None, log_metrics: Callable[[dict], None], rank: int = 0,
-                 world: int = 1) -> dict[str, Any]:
+                 world: int = 1, tuning: dict | None = None) -> dict[str, Any]:
     """Train the PEFT model ``pm`` in place on ``examples``; returns the run summary for the manifest.
 
     Several processes (``world`` > 1, a joined process group): ``batch_size`` is per process, so a step's
@@ -175,6 +259,10 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     slice ``[rank::world]``, scales its loss by the global target count and all-reduces (sums) the LoRA
     gradients: the update is exactly the single-process update on the global batch. Rank 0 logs and writes
     checkpoints; every rank reads them on ``--resume``.
+
+    ``tuning`` (``bench/train_speed.py``'s ablations; not a user setting): ``packing`` (False = one example
+    per row), ``liger_loss`` (False = chunked torch loss head), ``micro_rows`` and ``checkpointed_layers``
+    (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -184,7 +272,9 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     k = n_layers - cfg.lora_layers if cfg.lora_layers else 0
     cuda = device == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    use_liger = cuda and liger_available()
+    tuning = dict(tuning or {})
+    use_liger = cuda and liger_available() and tuning.get("liger_loss", True)
+    packing = tuning.get("packing", True)
     H = body.config.hidden_size
 
     prefix = None
@@ -218,13 +308,75 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
     pm.train()
-    micro_rows: int | None = None  # None: a step's rows split into grad_accum micro-batches; set (halved) on CUDA OOM
-    # under a memory cap, start with activation checkpointing: a failed try without it leaves the allocator
-    # fragmented at the cap, and checkpointing with big micro-batches beats small ones without it
-    checkpoint_layers = bool(cuda and getattr(cfg, "gpu_memory_gib", 0))
+    pad_id = tok.pad_token_id or 0
+    n_active = n_layers - k
+
+    def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> float:
+        # its own frame: after an out-of-memory error every activation of the failed try is freed
+        # rows are padded to the longest one, rounded up to a multiple of 64: few distinct shapes, so Triton
+        # (Liger) and cuBLAS compile/tune once, not on every new length (measured: seconds per new shape)
+        T = min(cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
+        b = collate_rows(rws, T, pad_id)
+        pos = b["position_ids"].to(device)
+        lab = b["labels"].to(device)
+        with autocast:
+            if prefix is not None:
+                h = prefix.batch(mbrs, T, H, device)
+            else:
+                ids = b["input_ids"].to(device)
+                with torch.no_grad() if k > 0 else nullcontext():
+                    h = body.embed_tokens(ids)
+                    if k > 0:
+                        h = run_layers(body, h, pos, 0, k, final_norm=False)
+            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt)
+            loss, n = linear_cross_entropy(h, head.weight, lab, use_liger=use_liger)
+        (loss * (n / n_targets)).backward()
+        return float(loss.detach()) * n / n_targets
+
+    # micro-batch (rows per forward/backward) and checkpointed layers: timed up front on CUDA under the memory
+    # cap (choose_micro_batch); on CPU a step's rows are split into grad_accum micro-batches, nothing checkpointed
+    micro_rows, ckpt_layers, probe_trials = None, 0, []
+    if "micro_rows" in tuning:
+        micro_rows = int(tuning["micro_rows"])
+        c = tuning.get("checkpointed_layers", 0)
+        ckpt_layers = n_active if c == "all" else int(c)
+    elif cuda:
+        # the probe's rows: the first step this run trains; its size: the most rows any of the next 64 steps packs
+        order0 = epoch_order(len(examples), cfg.seed, start // spe)
+        steps0 = [order0[j * per_step:(j + 1) * per_step][rank::world] for j in range(start % spe, min(spe, start % spe + 64))]
+        rows0, members0 = _pack_step(examples, steps0[0], cfg.max_length, packing) if steps0[0] else ([], [])
+        most = max(len(_pack_step(examples, ix, cfg.max_length, packing)[0]) for ix in steps0 if ix) if rows0 else 0
+        need = max(1, math.ceil(most / cfg.grad_accum))
+        if rows0:
+            full = sorted(range(len(rows0)), key=lambda r: -len(rows0[r].input_ids))
+
+            def try_fb(m: int, c: int) -> float | None:
+                sel = [full[i % len(full)] for i in range(m)]
+                rws, mbrs = [rows0[i] for i in sel], [members0[i] for i in sel]
+                real = sum(len(r.input_ids) for r in rws)
+                try:
+                    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+                        dts = []
+                        for rep in range(3):  # first: fit check and warm-up; then the best of two timed passes
+                            torch.cuda.synchronize()
+                            t0 = time.perf_counter()
+                            fwd_bwd(rws, mbrs, 1, c)
+                            torch.cuda.synchronize()
+                            dts.append(time.perf_counter() - t0)
+                    return real / min(dts[1:])
+                except torch.OutOfMemoryError:
+                    return None
+                finally:
+                    opt.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+
+            micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active)
+            if rank == 0:
+                print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
+                      f"trained layer(s) with activation checkpointing (timed {len(probe_trials)} tries)",
+                      file=sys.stderr)
     window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
     losses: list[float] = []
-    pad_id = tok.pad_token_id or 0
     bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
     t_train = time.time()
     step = start
@@ -236,47 +388,28 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         idx_global = order[j * per_step:(j + 1) * per_step]
         n_targets = sum(n_tgt[i] for i in idx_global) or 1
         idx = idx_global[rank::world]
-        rows, members = _pack_step(examples, idx, cfg.max_length) if idx else ([], [])
-        def micro_step(rws, mbrs) -> float:
-            # its own frame: after an out-of-memory error every activation of the failed try is freed
-            b = collate_rows(rws, cfg.max_length, pad_id)
-            pos = b["position_ids"].to(device)
-            lab = b["labels"].to(device)
-            with autocast:
-                if prefix is not None:
-                    h = prefix.batch(mbrs, cfg.max_length, H, device)
-                else:
-                    ids = b["input_ids"].to(device)
-                    with torch.no_grad() if k > 0 else nullcontext():
-                        h = body.embed_tokens(ids)
-                        if k > 0:
-                            h = run_layers(body, h, pos, 0, k, final_norm=False)
-                h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=checkpoint_layers)
-                loss, n = linear_cross_entropy(h, head.weight, lab, use_liger=use_liger)
-            (loss * (n / n_targets)).backward()
-            return float(loss.detach()) * n / n_targets
-
+        rows, members = _pack_step(examples, idx, cfg.max_length, packing) if idx else ([], [])
         while True:
             try:
                 step_loss = 0.0
                 m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
-                for s in range(0, len(rows), m):
-                    step_loss += micro_step(rows[s:s + m], members[s:s + m])
+                for a, z in _balanced(len(rows), m):
+                    step_loss += fwd_bwd(rows[a:z], members[a:z], n_targets, ckpt_layers)
                 break
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError:  # a longer step than the probe's, or fragmentation: degrade, never die
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
-                if not checkpoint_layers:  # cheaper than smaller micro-batches (measured in bench/train_speed.py)
-                    checkpoint_layers = True
+                if ckpt_layers < n_active:
+                    ckpt_layers = n_active
                 elif m > 1:
                     micro_rows = m // 2
                 else:
                     raise RuntimeError("one row of max_length tokens does not fit in GPU memory even with "
                                        "activation checkpointing; lower max_length") from None
                 if rank == 0:
-                    print(f"notice: out of GPU memory — retrying with activation checkpointing"
-                          f"{f' and {micro_rows} row(s) per micro-batch' if micro_rows else ''}", file=sys.stderr)
+                    print(f"notice: out of GPU memory — retrying with {micro_rows or m} row(s) per micro-batch and "
+                          f"{ckpt_layers}/{n_active} checkpointed layers", file=sys.stderr)
         real = sum(len(r.input_ids) for r in rows)
         if world > 1:
             for p in trainable:
@@ -314,5 +447,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             "train_loss": sum(losses) / len(losses) if losses else ckpt_extra.get("train_loss"),
             "train_seconds": round(time.time() - t_train, 1),
             "engine": {"name": "fast", "world_size": world, "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
-                       "liger": use_liger, "micro_rows": micro_rows, "activation_checkpointing": checkpoint_layers,
+                       "liger": use_liger, "micro_rows": micro_rows, "checkpointed_layers": ckpt_layers,
+                       "trained_layers": n_active, "micro_batch_probe": probe_trials,
+                       "packing": packing, "tuning": tuning,
                        "quantization": quant}}

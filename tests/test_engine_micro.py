@@ -1,0 +1,112 @@
+"""The fast engine's micro-batch chooser and selective activation checkpointing.
+
+``choose_micro_batch`` is tested against a memory/speed model whose best answer is known; ``run_layers`` with
+some layers checkpointed must give the same loss and LoRA gradients as without (checkpointing only trades
+memory for recompute)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.engine import choose_micro_batch, run_layers
+from train.kernels import linear_cross_entropy
+from train.packing import collate_rows, pack_examples
+
+from tests.test_packing import make_examples, tiny_llama
+
+
+def model_fb(cap: float, base: float, per_row_layer: float, per_row_ckpt: float, n: int, calls: list):
+    """Memory = base + m * (per_row_layer * (n - c) + per_row_ckpt * c); tokens/s grow with m and fall
+    with recompute (a checkpointed layer costs one more forward, ~1/3 of its forward+backward)."""
+
+    def fb(m: int, c: int):
+        calls.append((m, c))
+        if base + m * (per_row_layer * (n - c) + per_row_ckpt * c) > cap:
+            return None
+        eff = m / (m + 2)  # bigger micro-batches use the GPU better
+        return 1000 * eff / (1 + c / (3 * n))
+
+    return fb
+
+
+def test_whole_step_fits_without_checkpointing():
+    calls = []
+    m, c, trials = choose_micro_batch(model_fb(100, 1, 1, 0.1, 8, calls), rows_needed=11, n_active=8)
+    assert (m, c) == (11, 0)
+    assert calls == [(11, 0)]  # nothing else tried
+    assert trials[0]["rows"] == 11 and trials[0]["tokens_per_s"] > 0
+
+
+def test_tight_cap_picks_partial_checkpointing_at_the_big_micro_batch():
+    n, calls = 16, []
+    # cap 40: no checkpointing fits 2 rows (1+2*16=33), full checkpointing fits 11 rows (1+11*1.6=18.6)
+    fb = model_fb(40, 1, 1, 0.1, n, calls)
+    m, c, trials = choose_micro_batch(fb, rows_needed=11, n_active=n, margin_layers=1)
+    assert m == 11
+    # fewest layers that fit at 11 rows: 1 + 11*((16-c) + 0.1c) <= 40  ->  c >= 13.8 -> 14, plus 1 of margin
+    assert c == 15
+    assert fb(m, c) is not None and fb(m, c - 2) is None
+    # it beats the other two candidates: every layer checkpointed at 11 rows, none at 2 rows
+    tps = {(t["rows"], t["checkpointed_layers"]): t["tokens_per_s"] for t in trials}
+    assert tps[(m, c)] > tps[(11, n)] and tps[(m, c)] > tps[(2, 0)]
+    # edge probes of the binary search (c=14 fits exactly) are fit checks, not candidates
+    assert (11, 14) in tps
+
+
+def test_small_micro_batch_without_checkpointing_can_win():
+    calls = []
+
+    def fb(m, c):  # recompute is very expensive here, so 4 rows without checkpointing beat 8 with
+        calls.append((m, c))
+        if m * (10 - 9 * c / 4) > 45:
+            return None
+        return 1000 * m / (m + 1) / (1 + 2 * c)
+
+    m, c, _ = choose_micro_batch(fb, rows_needed=8, n_active=4)
+    assert (m, c) == (4, 0)
+
+
+def test_nothing_fits_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="lower max_length"):
+        choose_micro_batch(lambda m, c: None, rows_needed=4, n_active=4)
+
+
+@pytest.mark.parametrize("ckpt", [1, 2])
+def test_selective_checkpointing_is_exact(ckpt):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    pm.train()
+    body, head = pm.get_base_model().model, pm.get_base_model().lm_head
+    b = collate_rows(pack_examples(make_examples(12), 96), 96)
+
+    def loss_and_grads(c):
+        pm.zero_grad(set_to_none=True)
+        h = run_layers(body, body.embed_tokens(b["input_ids"]), b["position_ids"], 0, 2, final_norm=True,
+                       checkpoint_layers=c)
+        loss, _ = linear_cross_entropy(h, head.weight, b["labels"], use_liger=False)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}
+
+    l0, g0 = loss_and_grads(0)
+    l1, g1 = loss_and_grads(ckpt)
+    assert l0 == pytest.approx(l1, rel=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-5, atol=1e-7)
+
+
+def test_balanced_split_covers_every_row_once():
+    from train.engine import _balanced
+
+    assert _balanced(12, 10) == [(0, 6), (6, 12)]
+    assert _balanced(10, 10) == [(0, 10)]
+    assert _balanced(0, 4) == []
+    for n in range(1, 40):
+        for m in range(1, 12):
+            parts = _balanced(n, m)
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a < z and z - a <= m for a, z in parts)
+            assert all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
+            assert max(z - a for a, z in parts) - min(z - a for a, z in parts) <= 1

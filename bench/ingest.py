@@ -84,8 +84,8 @@ def checkout(rev: str, tmp: Path) -> Path:
     return dest
 
 
-def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1, root: Path = ROOT, gen: bool = True,
-            tag: str = "") -> dict:
+def run_one(rows: int, tmp: Path, batch_size: int | None, workers: int | None = None, root: Path = ROOT,
+            gen: bool = True, tag: str = "", extra: tuple[str, ...] = ()) -> dict:
     """Ingest ``rows`` generated rows with the ``curate`` package found in ``root`` (this checkout,
     or a baseline extracted by :func:`checkout`) into a fresh workspace."""
     csv_path = tmp / f"tickets_{rows}.csv"
@@ -103,7 +103,11 @@ def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1, root: Path 
         "file=sys.stderr); sys.exit(rc)"
     )
     cmd = [sys.executable, "-c", code, "ingest", str(csv_path), "--mapping", str(map_path), "--workspace", str(ws),
-           "--json", "--batch-size", str(batch_size), "--workers", str(workers)]
+           "--json", *extra]
+    if batch_size is not None:  # else each revision's own default
+        cmd += ["--batch-size", str(batch_size)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - t0
@@ -135,8 +139,9 @@ def run_one(rows: int, tmp: Path, batch_size: int, workers: int = 1, root: Path 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes to run (default 100k 1M)")
-    ap.add_argument("--batch-size", type=int, default=2000)
-    ap.add_argument("--workers", type=int, default=1, help="ingest --workers (processes that build examples)")
+    ap.add_argument("--batch-size", type=int, help="ingest --batch-size (default: the ingest's own default)")
+    ap.add_argument("--workers", type=int, help="ingest --workers (default: the ingest's own default)")
+    ap.add_argument("--ingest-args", default="", help="more ingest options for this checkout's runs, e.g. '--defer-indexes no'")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"), help="where to write the JSON ('' = don't)")
     ap.add_argument("--tmp", help="scratch folder (default: a temp dir, deleted after)")
     ap.add_argument("--baseline", metavar="REV", help="also run the curate package of git revision REV on the same files "
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base_root = checkout(a.baseline, tmp) if a.baseline else None
         for n in a.rows:  # the baseline right after, on the same file, so both see the same machine load
-            results.append(run_one(n, tmp, a.batch_size, a.workers))
+            results.append(run_one(n, tmp, a.batch_size, a.workers, extra=tuple(a.ingest_args.split())))
             if base_root is not None:
                 b = run_one(n, tmp, a.batch_size, a.workers, root=base_root, gen=False, tag="-baseline")
                 b["cpu_ratio"] = round(b["ingest_cpu_s"] / results[-1]["ingest_cpu_s"], 2)
@@ -165,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "target_records_per_s": 20000,
-        "batch_size": a.batch_size,
+        "batch_size": a.batch_size or "ingest default",
+        "workers": a.workers if a.workers is not None else "ingest default",
+        "ingest_args": a.ingest_args,
         "results": results,
         "baseline": {"rev": a.baseline, "results": baseline,
                      "note": "same files, same options, the curate package of git revision `rev`; cpu_ratio = "

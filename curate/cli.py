@@ -52,7 +52,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     store = open_store(args.workspace)
     mapping = load_mapping(Path(args.mapping)) if args.mapping else None
     rep = ingest_paths(store, args.paths, kind=args.kind, mapping=mapping, batch_size=args.batch_size,
-                       progress=not args.json and sys.stderr.isatty(), workers=args.workers)
+                       progress=not args.json and sys.stderr.isatty(), workers=args.workers,
+                       defer_indexes={"auto": None, "yes": True, "no": False}[args.defer_indexes])
     t = rep.totals()
     lines = [f"{'file':60s} {'kind':12s} {'read':>7s} {'added':>7s} {'present':>7s} {'rejected':>8s} {'chunks':>6s}"]
     for f in rep.files:
@@ -165,10 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--mapping", metavar="FILE",
                     help="TOML mapping for every file given: ticket [columns]/[thread], transcript [speakers] "
                          "(default: <stem>.mapping.toml or mapping.toml beside each file; see docs/curate.md)")
-    pi.add_argument("--batch-size", type=int, default=2000, help="records per transaction (default 2000)")
+    pi.add_argument("--batch-size", type=int, default=10000,
+                    help="records per transaction: a kill loses at most the batch in flight (default 10000)")
     pi.add_argument("--workers", type=int, default=1,
-                    help="processes that turn ticket rows into examples (CSV/TSV/JSONL without [thread]); "
-                         "same records and order as 1 (default 1)")
+                    help="0: read, parse and write in this process; 1 (default): one reader process parses "
+                         "the files while this one writes (2 cores); N>1: a pool of N processes turns ticket "
+                         "rows into examples (CSV/TSV/JSONL without [thread]). Same records and order in every case")
+    pi.add_argument("--defer-indexes", choices=["auto", "yes", "no"], default="auto",
+                    help="build the records' secondary indexes once after the load instead of row by row "
+                         "(auto, the default: when the input is at least as big as the store and >= 16 MB)")
     pi.set_defaults(func=cmd_ingest)
 
     ps = sub.add_parser("stats", parents=[common], help="counts by status/split/origin/source, signals, gate counters")

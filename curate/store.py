@@ -53,13 +53,6 @@ CREATE TABLE IF NOT EXISTS records (
   version INTEGER NOT NULL DEFAULT 0,
   dup_of TEXT, leak INTEGER NOT NULL DEFAULT 0, reward REAL
 );
-CREATE INDEX IF NOT EXISTS records_status ON records(status, seq);
-CREATE INDEX IF NOT EXISTS records_split ON records(split, status);
-CREATE INDEX IF NOT EXISTS records_origin ON records(origin_kind, status);
-CREATE INDEX IF NOT EXISTS records_kind ON records(source_kind, status);
-CREATE INDEX IF NOT EXISTS records_label ON records(label);
-CREATE INDEX IF NOT EXISTS records_grp ON records(grp);
-CREATE INDEX IF NOT EXISTS records_parent ON records(parent_id);
 CREATE TABLE IF NOT EXISTS occurrences (
   record_id TEXT NOT NULL, file TEXT NOT NULL, loc TEXT NOT NULL,
   PRIMARY KEY (record_id, file, loc)
@@ -97,6 +90,35 @@ CREATE TABLE IF NOT EXISTS embeddings (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Secondary indexes of ``records`` — each one is there because a query uses it (EXPLAIN QUERY PLAN,
+# docs/curate.md "Store schema and indexes"); each costs ~2-3 us of CPU per ingested row at 1M rows,
+# so an index no query uses is not kept. ``seq`` is the rowid, so every index ends in ``seq`` implicitly:
+# ``(status)`` is ``(status, seq)``, which is what keyset paging (``… AND seq > ? ORDER BY seq``) needs.
+#   records_status  review queue / snapshot / bulk review: WHERE status IN (…) [AND seq > ?] ORDER BY seq;
+#                   count_by('status') (stats, app progress) as a covering scan
+#   records_split   filters --split (+ status), count_by('split') covering scan
+#   records_origin  filter --origin (+ status), count_by('origin_kind')
+#   records_kind    filter --source-kind (+ status), count_by('source_kind'), the app's source-kind pick list
+#   records_label   filter --label (label, seq), count_by('label'), COUNT(DISTINCT label), the label pick list
+#   records_parent  queue.edited_into: WHERE parent_id = ? ORDER BY seq. Partial (only edits have a parent):
+#                   ingested rows (parent_id NULL) cost nothing; `parent_id = ?` implies NOT NULL, so the
+#                   planner still uses it.
+# Dropped in schema v2: records_grp (no query filters records by grp: the split reads the ``groups`` table).
+# Lookups by id use the UNIQUE constraint's own index.
+#
+# Bulk loads (:meth:`Store.deferred_indexes`) drop these and build them once at the end: CREATE INDEX
+# over a finished table costs ~1 us/row per index against ~2.5 us/row kept up to date row by row. A
+# store opened after a load that was killed gets them back from :meth:`Store._ensure_schema`.
+SECONDARY_INDEXES = {
+    "records_status": "CREATE INDEX IF NOT EXISTS records_status ON records(status, seq)",
+    "records_split": "CREATE INDEX IF NOT EXISTS records_split ON records(split, status)",
+    "records_origin": "CREATE INDEX IF NOT EXISTS records_origin ON records(origin_kind, status)",
+    "records_kind": "CREATE INDEX IF NOT EXISTS records_kind ON records(source_kind, status)",
+    "records_label": "CREATE INDEX IF NOT EXISTS records_label ON records(label)",
+    "records_parent": "CREATE INDEX IF NOT EXISTS records_parent ON records(parent_id) WHERE parent_id IS NOT NULL",
+}
+SCHEMA_VERSION = 2  # 1: records_grp, full records_parent; 2: see SECONDARY_INDEXES
 
 RECORD_COLS = (
     "id, messages, source_kind, source_file, source_loc, source_ref, grp, split, origin_kind, origin, "
@@ -166,6 +188,36 @@ def _signal_columns(signals: dict[str, Any]) -> tuple[Any, int, Any]:
     return signals.get("duplicate_of"), int(bool(leak)), score
 
 
+_HUMAN = '{"kind": "human"}'
+
+
+def prepare_row(e: Example) -> list:
+    """The ``records`` row of an example, in the INSERT's column order (``id, messages, source_kind,
+    source_file, source_loc, source_ref, grp, split, origin_kind, origin, signals, label, parent_id,
+    created_at, dup_of, leak, reward``); ``split`` may still be empty (:meth:`Store.add_rows` assigns it).
+    A list of str/float/None: cheap to pickle from an ingest reader process."""
+    sig = e.signals
+    if sig:
+        dup, leak, reward = _signal_columns(sig)
+        sig_s = _dumps(sig)
+    else:
+        dup, leak, reward, sig_s = None, 0, None, "{}"
+    org = e.origin
+    org_s = _HUMAN if org == {"kind": "human"} else _dumps(org)
+    src = e.source
+    return [e.id, _messages_json(e.messages), src.kind, src.file, src.loc, src.ref, e.group, e.split,
+            org.get("kind", "human"), org_s, sig_s, e.label, e.parent_id, e.created_at, dup, leak, reward]
+
+
+class _SplitRef:
+    """What :func:`curate.split.assign_splits` reads and sets (group, label, split) for one row."""
+
+    __slots__ = ("row", "group", "label", "split")
+
+    def __init__(self, row: list):
+        self.row, self.group, self.label, self.split = row, row[6], row[11], ""
+
+
 # filters understood by Store.query / count (also used by the CLI and the app)
 FILTER_KEYS = ("status", "split", "origin", "source_kind", "label", "has_duplicate", "has_leak", "low_reward", "ids")
 
@@ -177,7 +229,44 @@ class Store:
         self.workspace = self.path.parent
         self._local = threading.local()
         self.conn.executescript(SCHEMA)
+        self._ensure_schema()
         self._backfill_split_counts()
+
+    def _ensure_schema(self) -> None:
+        """Bring the secondary indexes to :data:`SECONDARY_INDEXES`: stores made by schema v1 lose
+        ``records_grp`` and get the partial ``records_parent`` (a migration of indexes only: no row
+        changes); indexes missing after a bulk load that was killed are built again."""
+        c = self.conn
+        have = dict(c.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='records'"
+                              " AND sql IS NOT NULL").fetchall())
+        stale = [n for n in ("records_grp",) if n in have]
+        if "records_parent" in have and "WHERE" not in have["records_parent"].upper():
+            stale.append("records_parent")
+        missing = [n for n in SECONDARY_INDEXES if n not in have or n in stale]
+        if not stale and not missing:
+            return
+        with self.tx() as c:
+            for n in stale:
+                c.execute(f"DROP INDEX IF EXISTS {n}")
+            for n in missing:
+                c.execute(SECONDARY_INDEXES[n])
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextmanager
+    def deferred_indexes(self) -> Iterator[None]:
+        """Drop the secondary indexes of ``records`` for a bulk load and build them once at the end
+        (also when the load fails). Lookups by id and the ``groups`` table are untouched, so
+        idempotence and splits are the same; only filtered queries by other processes are slower
+        meanwhile. If the process dies in between, the next :class:`Store` opened builds them."""
+        with self.tx() as c:
+            for n in SECONDARY_INDEXES:
+                c.execute(f"DROP INDEX IF EXISTS {n}")
+        try:
+            yield
+        finally:
+            with self.tx() as c:
+                for sql in SECONDARY_INDEXES.values():
+                    c.execute(sql)
 
     def _backfill_split_counts(self) -> None:
         """Stores created before ``split_counts`` existed: fill it once from ``groups``."""
@@ -238,58 +327,64 @@ class Store:
         """Insert examples in one transaction. Returns (added ids, already-present ids).
 
         Splits are assigned by :func:`curate.split.assign_splits` before insertion
-        when ``split`` is empty. Ids already in the store (or repeated within the
-        batch) count as already present; their (file, loc) is still recorded in
-        ``occurrences``. Batched: one ``SELECT … IN`` and one ``executemany``.
+        when ``split`` is empty (and set on the examples). Ids already in the store
+        (or repeated within the batch) count as already present; their (file, loc) is
+        still recorded in ``occurrences``. See :meth:`add_rows`.
+        """
+        rows = [prepare_row(e) for e in examples]
+        out = self.add_rows(rows, occurrences)
+        for e, r in zip(examples, rows):
+            if not e.split:
+                e.split = r[7]
+        return out
+
+    def add_rows(self, rows: Sequence[list], occurrences: bool = True) -> tuple[list[str], list[str]]:
+        """:meth:`add_examples` for rows made by :func:`prepare_row` (an ingest reader process
+        makes them, this process only writes). Rows with an empty split get one (in place).
+
+        One ``INSERT … ON CONFLICT(id) DO NOTHING`` for the batch: when every row was new
+        (a fresh ingest) nothing else is read; otherwise the rows this batch added are
+        the ones past the store's last ``seq`` (AUTOINCREMENT: never reused), the rest
+        were already present and only their first sightings are looked up.
         """
         from .split import assign_splits
 
-        added: list[str] = []
-        present: list[str] = []
         with self.tx() as c:
-            todo = [e for e in examples if not e.split]
+            todo = [_SplitRef(r) for r in rows if not r[7]]
             if todo:
                 assign_splits(c, todo, self.config.heldout_fraction, self.config.split_seed)
-            ids = [e.id for e in examples]
-            existing: dict[str, tuple[str, str]] = {}  # id -> (file, loc) of its first sighting
-            for i in range(0, len(ids), 900):
-                chunk = ids[i : i + 900]
+                for t in todo:
+                    t.row[7] = t.split
+            before = c.total_changes
+            last_seq = c.execute("SELECT MAX(seq) FROM records").fetchone()[0] or 0
+            c.executemany(
+                "INSERT INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
+                " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+                rows,
+            )
+            if c.total_changes - before == len(rows):
+                return [r[0] for r in rows], []
+            new = {x[0] for x in c.execute("SELECT id FROM records WHERE seq > ?", (last_seq,))}
+            added: list[str] = []
+            present: list[str] = []
+            first: dict[str, tuple[str, str]] = {}  # id -> (file, loc) of its first sighting
+            old = [r[0] for r in rows if r[0] not in new]
+            for i in range(0, len(old), 900):
+                chunk = old[i : i + 900]
                 q = f"SELECT id, source_file, source_loc FROM records WHERE id IN ({','.join('?' * len(chunk))})"
-                existing.update((r[0], (r[1] or "", r[2] or "")) for r in c.execute(q, chunk))
+                first.update((x[0], (x[1] or "", x[2] or "")) for x in c.execute(q, chunk))
             occ = []
-            rows = []
-            dumps = _dumps
-            messages_json = _messages_json
-            human = '{"kind": "human"}'
-            for e in examples:
-                first = existing.get(e.id)
-                if first is not None:
-                    present.append(e.id)
-                    if occurrences and e.source.file and first != (e.source.file, e.source.loc):
-                        occ.append((e.id, e.source.file, e.source.loc))
+            for r in rows:
+                rid = r[0]
+                sighting = first.get(rid)
+                if sighting is None:  # new in this batch, first time in it
+                    first[rid] = (r[3], r[4])
+                    added.append(rid)
                     continue
-                existing[e.id] = (e.source.file, e.source.loc)
-                added.append(e.id)
-                sig = e.signals
-                if sig:
-                    dup, leak, reward = _signal_columns(sig)
-                    sig_s = dumps(sig, ensure_ascii=False)
-                else:
-                    dup, leak, reward, sig_s = None, 0, None, "{}"
-                org = e.origin
-                org_s = human if org == {"kind": "human"} else dumps(org, ensure_ascii=False)
-                rows.append((
-                    e.id, messages_json(e.messages), e.source.kind, e.source.file, e.source.loc,
-                    e.source.ref, e.group, e.split, org.get("kind", "human"), org_s,
-                    sig_s, e.label, e.parent_id, e.created_at, dup, leak, reward,
-                ))
-            if rows:
-                c.executemany(
-                    "INSERT INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
-                    " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
+                present.append(rid)
+                if occurrences and r[3] and sighting != (r[3], r[4]):
+                    occ.append((rid, r[3], r[4]))
             if occ:
                 c.executemany("INSERT OR IGNORE INTO occurrences VALUES (?,?,?)", occ)
         return added, present

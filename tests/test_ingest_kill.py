@@ -1,7 +1,7 @@
-"""Integration: SIGKILL a real ``python -m curate ingest --workers 2`` of a ~300k-row
+"""Integration: SIGKILL a real ``python -m curate ingest`` (reader process, or ``--workers 2``) of a ~300k-row
 ticket CSV mid-way, rerun it, and compare with a clean serial ingest into another
 workspace: exactly the same record ids (and splits, groups, rejects), no duplicated
-rows, no orphaned pool workers."""
+rows, no orphaned reader/pool processes, the secondary indexes back."""
 from __future__ import annotations
 
 import importlib.util
@@ -63,6 +63,8 @@ def _state(ws: Path) -> dict:
             "groups": dict(c.execute("SELECT grp, split FROM groups")),
             "split_counts": sorted(c.execute("SELECT label, total, heldout FROM split_counts")),
             "rejects": sorted(c.execute("SELECT file, loc, reason FROM rejects")),
+            "indexes": sorted(r[0] for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='records' AND sql IS NOT NULL")),
             "mismatched_splits": c.execute(
                 "SELECT COUNT(*) FROM records r JOIN groups g ON g.grp = r.grp WHERE g.split != r.split").fetchone()[0],
         }
@@ -70,7 +72,8 @@ def _state(ws: Path) -> dict:
         c.close()
 
 
-def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["reader-process", "pool"])
+def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path, workers):
     bench = _bench()
     csv_path = tmp_path / "tickets.csv"
     bench.generate(csv_path, ROWS)
@@ -81,8 +84,10 @@ def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
     mapping.write_text(bench.MAPPING, encoding="utf-8")
 
     killed_ws = tmp_path / "killed"
-    # the killed run uses a worker pool (its workers must die with it); the clean run is serial
-    p = subprocess.Popen(_cmd(csv_path, mapping, killed_ws, workers=2), cwd=ROOT, stdout=subprocess.DEVNULL,
+    # the killed run has a reader process (workers=1) or a worker pool (2): its children must die with it;
+    # the clean run is all in one process (workers=0). The input (~100 MB) is bigger than the empty store,
+    # so the killed run also had its secondary indexes dropped (deferred): the rerun must bring them back.
+    p = subprocess.Popen(_cmd(csv_path, mapping, killed_ws, workers=workers), cwd=ROOT, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     seen = 0
@@ -92,21 +97,21 @@ def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
             break
         time.sleep(0.2)
     assert p.poll() is None, f"ingest finished before it could be killed (saw {seen} rows): make ROWS larger"
-    workers = [int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()]
-    assert len(workers) == 2, workers
+    children = [int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(children) == workers, children
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL
     time.sleep(2)
-    alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w)]
-    assert alive == [], f"pool workers outlived the killed ingest: {alive}"
+    alive = [w for w in children if Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w)]
+    assert alive == [], f"reader/pool processes outlived the killed ingest: {alive}"
     partial = _count(killed_ws)
     assert 0 < partial < ROWS
 
-    rerun = subprocess.run(_cmd(csv_path, mapping, killed_ws, workers=2), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(_cmd(csv_path, mapping, killed_ws, workers=workers), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     clean_ws = tmp_path / "clean"
-    clean = subprocess.run(_cmd(csv_path, mapping, clean_ws), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    clean = subprocess.run(_cmd(csv_path, mapping, clean_ws, workers=0), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     a, b = _state(killed_ws), _state(clean_ws)
@@ -116,3 +121,6 @@ def test_sigkill_mid_ingest_then_rerun_matches_clean(tmp_path):
     assert a["groups"] == b["groups"] and a["split_counts"] == b["split_counts"]
     assert a["mismatched_splits"] == 0
     assert a["rejects"] == b["rejects"] and len(a["rejects"]) == 2
+    from curate.store import SECONDARY_INDEXES
+
+    assert a["indexes"] == b["indexes"] == sorted(SECONDARY_INDEXES)

@@ -1,4 +1,5 @@
-"""``ingest --workers N`` gives exactly the records, order, splits and rejects of one worker."""
+"""``ingest --workers N`` (0: one process, 1: a reader process beside the writer, N>1: a pool) gives
+exactly the same records, order, splits and rejects."""
 from __future__ import annotations
 
 import csv
@@ -34,13 +35,13 @@ def test_workers_same_result(tmp_path):
     _csv(p, 3000)
     mapping = {"columns": {"user": "text", "assistant": "category", "label": "category", "group": "ticket_id"}}
     reps = {}
-    for w in (1, 3):
+    for w in (0, 1, 3):
         store = open_store(tmp_path / f"ws{w}")
-        reps[w] = ingest_paths(store, [p], mapping=mapping, batch_size=400, workers=w).totals()
+        reps[w] = ingest_paths(store, [p], mapping=mapping, batch_size=400, workers=w, defer_indexes=w == 1).totals()
         store.close()
-    assert reps[1] == reps[3] and reps[1]["added"] == 3000 and reps[1]["rejected"] == 1
-    a, b = _state(tmp_path / "ws1"), _state(tmp_path / "ws3")
-    assert a == b and len(a[0]) == 3000
+    assert reps[0] == reps[1] == reps[3] and reps[1]["added"] == 3000 and reps[1]["rejected"] == 1
+    a, b, c = _state(tmp_path / "ws0"), _state(tmp_path / "ws1"), _state(tmp_path / "ws3")
+    assert a == b == c and len(a[0]) == 3000
     assert sum('"PHONE"' in r[3] for r in a[0]) == 60
 
 
@@ -53,3 +54,32 @@ def test_workers_mapping_error_and_threads_fall_back(tmp_path):
     th = Path(__file__).resolve().parent.parent / "data" / "samples" / "ticket_threads.csv"
     rep = ingest_paths(store, [th], workers=2)  # [thread] mapping: read serially
     assert rep.totals()["added"] == 3
+
+
+def test_reader_process_errors_reach_the_caller(tmp_path, monkeypatch):
+    """A bad sibling mapping raises the same ValueError as in one process, after the files before it
+    were written; a reader process that dies is a clear error, not a hang."""
+    import os
+
+    import pytest
+
+    import curate.ingest as ingest
+
+    good, bad_dir = tmp_path / "a.csv", tmp_path / "b"
+    good.write_text("text,category\nhello,greet\n")
+    bad_dir.mkdir()
+    (bad_dir / "t.csv").write_text("text,category\nhi,greet\n")
+    (bad_dir / "mapping.toml").write_text("[columns\n")
+    for w in (0, 1):
+        store = open_store(tmp_path / f"ws{w}")
+        with pytest.raises(ValueError, match="invalid TOML"):
+            ingest_paths(store, [good, bad_dir / "t.csv"], workers=w)
+        assert store.count() == 1
+        store.close()
+
+    monkeypatch.setattr(ingest, "_cores", lambda: 2)  # the reader process even on a 1-core machine
+    monkeypatch.setattr(ingest, "_events", lambda *a: os._exit(3))  # the reader process dies at once
+    store = open_store(tmp_path / "ws2")
+    with pytest.raises(RuntimeError, match="reader process died"):
+        ingest_paths(store, [good], workers=1)
+    assert store.count() == 0

@@ -91,3 +91,100 @@ def test_cache_and_meta(store):
     assert store.cache_get("synth", "k") == {"a": 1} and store.cache_get("synth", "missing") is None
     store.meta_put("m", [1, 2])
     assert store.meta_get("m") == [1, 2] and store.meta_get("x", 5) == 5
+
+
+def _indexes(store) -> dict[str, str]:
+    return dict(store.conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='records' AND sql IS NOT NULL"))
+
+
+def test_add_mixed_batch_new_present_and_repeated(store):
+    """The batch insert's two paths: all new (nothing read back) and mixed (new, already stored,
+    repeated within the batch) give the same answer and occurrences as one-by-one inserts."""
+    added, present = store.add_examples([ex("a"), ex("b", loc="row 2")])
+    assert (len(added), present) == (2, [])
+    batch = [ex("c", loc="row 3"), ex("a", file="g.csv", loc="row 9"), ex("c", file="h.csv", loc="row 1"),
+             ex("d", loc="row 4"), ex("a")]
+    added, present = store.add_examples(batch)
+    assert added == [ex("c").id, ex("d").id]
+    assert present == [ex("a").id, ex("c").id, ex("a").id]
+    assert store.count() == 4
+    assert store.occurrences(ex("a").id) == [("f.csv", "row 1"), ("g.csv", "row 9")]
+    assert store.occurrences(ex("c").id) == [("f.csv", "row 3"), ("h.csv", "row 1")]
+    assert all(e.split in ("train", "heldout") for e in batch)  # splits are set on the examples too
+    # insertion order kept (seq increases; a conflicting row may use up a seq number, so not dense)
+    assert [r[0] for r in store.conn.execute("SELECT id FROM records ORDER BY seq")] == [ex(q).id for q in "abcd"]
+
+
+# Each secondary index is kept because a query uses it (store.SECONDARY_INDEXES); these are those queries.
+INDEX_QUERIES = {
+    "records_status": ("SELECT id FROM records WHERE status IN ('pending') AND seq > 5 ORDER BY seq LIMIT 10", ()),
+    "records_split": ("SELECT COUNT(*) FROM records WHERE split IN ('heldout') AND status IN ('approved')", ()),
+    "records_origin": ("SELECT COUNT(*) FROM records WHERE origin_kind IN ('synthetic')", ()),
+    "records_kind": ("SELECT source_kind FROM records WHERE source_kind IS NOT NULL AND source_kind > 'a'"
+                     " ORDER BY source_kind LIMIT 1", ()),
+    "records_label": ("SELECT id FROM records WHERE label IN ('x') AND seq > 3 ORDER BY seq LIMIT 5", ()),
+    "records_parent": ("SELECT id FROM records WHERE parent_id=? ORDER BY seq", ("abc",)),
+}
+
+
+def test_every_secondary_index_is_used_by_its_query(store):
+    from curate.store import SECONDARY_INDEXES
+
+    store.add_examples([ex(f"q{i}", label=f"l{i % 7}") for i in range(300)])
+    assert set(INDEX_QUERIES) == set(SECONDARY_INDEXES)
+    for name, (q, args) in INDEX_QUERIES.items():
+        plan = " | ".join(r[3] for r in store.conn.execute("EXPLAIN QUERY PLAN " + q, args))
+        assert name in plan, (name, plan)
+
+
+def test_old_schema_is_migrated_on_open(workspace):
+    """A v1 store (records_grp, a full records_parent) opens as v2 with its rows untouched."""
+    import sqlite3
+
+    from curate.store import SECONDARY_INDEXES, open_store
+
+    s = open_store(workspace)
+    s.add_examples([ex("old one"), ex("old two", loc="row 2")])
+    before = [tuple(r) for r in s.conn.execute("SELECT * FROM records ORDER BY seq")]
+    s.close()
+    c = sqlite3.connect(workspace / "store.sqlite")  # what the v1 schema had
+    c.execute("DROP INDEX records_parent")
+    c.execute("CREATE INDEX records_parent ON records(parent_id)")
+    c.execute("CREATE INDEX records_grp ON records(grp)")
+    c.execute("DELETE FROM meta WHERE key='schema_version'")
+    c.commit()
+    c.close()
+    s = open_store(workspace)
+    idx = _indexes(s)
+    assert "records_grp" not in idx and set(idx) == set(SECONDARY_INDEXES)
+    assert "WHERE parent_id IS NOT NULL" in idx["records_parent"]
+    assert [tuple(r) for r in s.conn.execute("SELECT * FROM records ORDER BY seq")] == before
+    assert s.meta_get("schema_version") == 2
+    s.add_examples([ex("new one", loc="row 3")])
+    assert s.count() == 3
+    s.close()
+
+
+def test_deferred_indexes_come_back(workspace):
+    from curate.store import SECONDARY_INDEXES, open_store
+
+    s = open_store(workspace)
+    with s.deferred_indexes():
+        assert set(_indexes(s)) == set()  # the UNIQUE id index is kept (autoindex: no sql)
+        s.add_examples([ex("during load")])
+        assert s.add_examples([ex("during load")]) == ([], [ex("during load").id])  # still idempotent
+    assert set(_indexes(s)) == set(SECONDARY_INDEXES)
+    with pytest.raises(RuntimeError):
+        with s.deferred_indexes():
+            raise RuntimeError("load failed")
+    assert set(_indexes(s)) == set(SECONDARY_INDEXES)
+    # a load killed while they were dropped: the next store opened builds them again
+    with s.tx() as c:
+        for n in SECONDARY_INDEXES:
+            c.execute(f"DROP INDEX {n}")
+    s.close()
+    s = open_store(workspace)
+    assert set(_indexes(s)) == set(SECONDARY_INDEXES)
+    assert s.count({"status": "pending"}) == 1
+    s.close()

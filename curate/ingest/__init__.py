@@ -35,15 +35,17 @@ files, and the workspace folder itself. A ``mapping.toml`` (or
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import tomllib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..example import Example
-from ..store import Store
+from ..store import Store, prepare_row
 from .common import Chunk, ReadOptions, Reject
 
 KINDS = ("tickets", "transcripts", "docs", "chat")
@@ -178,28 +180,150 @@ def _mapping_for(path: Path, explicit: dict[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None, opts: ReadOptions | None,
+            batch_size: int, workers: int, pool_box: list) -> Iterator[tuple]:
+    """What the readers make of ``files``, in file order: ``("file", i, kind)`` when file ``i`` starts,
+    then ``("batch", i, rows, rejects, chunks, n_items)`` of at most ``batch_size`` items each; examples
+    are already :func:`~curate.store.prepare_row` rows. The same in one process or in a reader process."""
+    from . import tickets
+
+    for i, path in enumerate(files):
+        k = kind or detect_kind(path)
+        yield ("file", i, k or "unknown")
+        if k is None:
+            items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
+        else:
+            o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
+            if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
+                if not pool_box:
+                    import multiprocessing as mp
+
+                    pool_box.append(mp.get_context("fork").Pool(workers, initializer=tickets._worker_init))
+                items = tickets.read_parallel(path, o, pool_box[0], chunk=batch_size, in_flight=2 * workers)
+            else:
+                items = _reader(k)(path, o)
+        rows: list[list] = []
+        rejects: list[Reject] = []
+        chunks: list[Chunk] = []
+        n = 0
+        for it in items:
+            n += 1
+            if isinstance(it, Example):
+                rows.append(prepare_row(it))
+            elif isinstance(it, Chunk):
+                chunks.append(it)
+            else:
+                rejects.append(it)
+            if n >= batch_size:
+                yield ("batch", i, rows, rejects, chunks, n)
+                rows, rejects, chunks, n = [], [], [], 0
+        if n:
+            yield ("batch", i, rows, rejects, chunks, n)
+
+
+def _reader_main(conn: Any, args: tuple) -> None:
+    """The reader process: runs :func:`_events` and sends each event, pickled, to the writer."""
+    import pickle
+    import traceback
+
+    from .tickets import _worker_init
+
+    _worker_init()  # dies with the writer (a SIGKILLed ingest leaves no reader behind)
+    try:
+        for ev in _events(*args):
+            conn.send_bytes(pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps(("done",)))
+    except BrokenPipeError:
+        pass  # the writer is gone
+    except BaseException as e:  # hand the error to the writer, which raises it as the serial path would
+        try:
+            msg = pickle.dumps(("raise", e))
+        except Exception:
+            msg = pickle.dumps(("error", traceback.format_exc()))
+        try:
+            conn.send_bytes(msg)
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _piped_events(args: tuple) -> Iterator[tuple]:
+    """:func:`_events` run by a reader process (fork) while this process writes: parsing, PII
+    scrubbing, validation and hashing of batch n+1 overlap the SQLite work of batch n. At most
+    one batch waits in the pipe, so memory stays flat."""
+    import multiprocessing as mp
+    import pickle
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_reader_main, args=(send, args), name="curate-ingest-reader", daemon=True)
+    proc.start()
+    send.close()
+    try:
+        while True:
+            try:
+                ev = pickle.loads(recv.recv_bytes())
+            except EOFError:
+                proc.join(5)
+                raise RuntimeError(f"the ingest reader process died (exit code {proc.exitcode}); "
+                                   "rerun the ingest (it is idempotent) or pass --workers 0") from None
+            if ev[0] == "done":
+                return
+            if ev[0] == "raise":
+                raise ev[1]
+            if ev[0] == "error":
+                raise RuntimeError(f"the ingest reader process failed:\n{ev[1]}")
+            yield ev
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
+
+# deferring the secondary indexes pays when the load at least doubles the store (docs/curate.md)
+DEFER_INDEXES_MIN_BYTES = 16_000_000
+
+
 def ingest_paths(
     store: Store,
     paths: Iterable[str | Path],
     kind: str | None = None,
     mapping: dict[str, Any] | None = None,
-    batch_size: int = 2000,
+    batch_size: int = 10000,
     progress: bool = False,
     opts: ReadOptions | None = None,
     workers: int = 1,
+    defer_indexes: bool | None = None,
 ) -> IngestReport:
     """Ingest files/folders into ``store``; returns per-file counts.
 
     Nothing is silently dropped: every item a reader yields is added, counted as
     already present, or recorded as a reject (store table + rejects JSONL).
 
-    ``workers > 1``: row-per-example ticket files (CSV/TSV/JSONL without a
-    ``[thread]`` mapping) are turned into examples by a process pool; this
-    process still reads the file and writes every batch in file order, so the
-    records, splits and crash behaviour are the same as with one worker.
+    ``workers``: ``0`` reads, parses and writes in this process; ``1`` (default, on a
+    machine with 2+ cores) has one reader process parse the files while this process
+    writes the batches; ``N > 1``: row-per-example ticket files (CSV/TSV/JSONL without a
+    ``[thread]`` mapping) are turned into examples by a pool of N processes. In every
+    case this process writes every batch in file order, one transaction each, so the
+    records, splits and crash behaviour are the same.
+
+    ``defer_indexes``: drop the secondary indexes of ``records`` during the load and build
+    them at the end (:meth:`Store.deferred_indexes`); default: when the input files are
+    at least ``DEFER_INDEXES_MIN_BYTES`` and at least as big as the store file.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     report = IngestReport()
     rejects_path = store.workspace / "rejects" / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     rej_f = None
@@ -207,46 +331,43 @@ def ingest_paths(
     missing = [str(p) for p in files if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
-    pool = None
+    if defer_indexes is None:
+        size = sum(p.stat().st_size for p in files)
+        try:
+            store_size = store.path.stat().st_size
+        except OSError:
+            store_size = 0
+        defer_indexes = size >= DEFER_INDEXES_MIN_BYTES and size >= store_size
+    pool_box: list = []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(unit=" rows", desc="ingest", dynamic_ncols=True)
+    args = (files, kind, mapping, opts, batch_size, workers, pool_box)
+    piped = workers == 1 and _cores() >= 2 and bool(files)
+    events = _piped_events(args) if piped else _events(*args)
+    deferred = store.deferred_indexes() if defer_indexes else nullcontext()
     try:
-        for path in files:
-            k = kind or detect_kind(path)
-            fr = FileReport(file=str(path), kind=k or "unknown")
-            report.files.append(fr)
-            if k is None:
-                items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
-            else:
-                o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
-                from . import tickets
-
-                if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
-                    if pool is None:
-                        import multiprocessing as mp
-
-                        pool = mp.get_context("fork").Pool(workers, initializer=tickets._worker_init)
-                    items = tickets.read_parallel(path, o, pool, chunk=batch_size, in_flight=2 * workers)
-                else:
-                    items = _reader(k)(path, o)
-            ex_buf: list[Example] = []
-            rj_buf: list[Reject] = []
-            ch_buf: list[Chunk] = []
-
-            def flush() -> None:
-                nonlocal rej_f
+        with deferred:
+            fr = None
+            for ev in events:
+                if ev[0] == "file":
+                    fr = FileReport(file=str(files[ev[1]]), kind=ev[2])
+                    report.files.append(fr)
+                    continue
+                _, _, rows, rj_buf, ch_buf, n = ev
                 # one transaction per batch: records, chunks and rejects land together or not at all
                 with store.tx():
-                    if ex_buf:
-                        added, present = store.add_examples(ex_buf)
+                    if rows:
+                        added, present = store.add_rows(rows)
                     if ch_buf:
                         a, p = store.add_chunks([c.to_dict() for c in ch_buf])
                     if rj_buf:
                         store.add_rejects([r.to_dict() for r in rj_buf])
-                if ex_buf:
+                fr.read += n
+                fr.rejected += len(rj_buf)
+                if rows:
                     fr.added += len(added)
                     fr.already_present += len(present)
                 if ch_buf:
@@ -254,31 +375,20 @@ def ingest_paths(
                     fr.chunks_present += p
                 if rj_buf:
                     if rej_f is None:
+                        rejects_path.parent.mkdir(parents=True, exist_ok=True)
                         rej_f = open(rejects_path, "a", encoding="utf-8")
                         report.rejects_file = str(rejects_path)
                     for r in rj_buf:
                         rej_f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
                     rej_f.flush()
                 if bar is not None:
-                    bar.update(len(ex_buf) + len(rj_buf) + len(ch_buf))
-                ex_buf.clear(), rj_buf.clear(), ch_buf.clear()
-
-            for it in items:
-                fr.read += 1
-                if isinstance(it, Example):
-                    ex_buf.append(it)
-                elif isinstance(it, Chunk):
-                    ch_buf.append(it)
-                else:
-                    fr.rejected += 1
-                    rj_buf.append(it)
-                if len(ex_buf) + len(rj_buf) + len(ch_buf) >= batch_size:
-                    flush()
-            flush()
+                    bar.update(n)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if piped:
+            events.close()
+        if pool_box:
+            pool_box[0].terminate()
+            pool_box[0].join()
         if rej_f is not None:
             rej_f.close()
         if bar is not None:

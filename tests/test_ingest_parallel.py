@@ -78,8 +78,42 @@ def test_reader_process_errors_reach_the_caller(tmp_path, monkeypatch):
         store.close()
 
     monkeypatch.setattr(ingest, "_cores", lambda: 2)  # the reader process even on a 1-core machine
-    monkeypatch.setattr(ingest, "_events", lambda *a: os._exit(3))  # the reader process dies at once
+    monkeypatch.setattr(ingest, "_events", lambda *a, **k: os._exit(3))  # the reader process dies at once
     store = open_store(tmp_path / "ws2")
     with pytest.raises(RuntimeError, match="reader process died"):
         ingest_paths(store, [good], workers=1)
     assert store.count() == 0
+
+
+def test_batches_built_by_the_writer_give_the_same_result(tmp_path, monkeypatch):
+    """Work sharing: the reader process hands some batches to the writer as raw rows; with every
+    other batch handed over (whatever the timing) the store is the same as in one process."""
+    import itertools
+
+    import curate.ingest as ingest
+
+    p = tmp_path / "t.csv"
+    _csv(p, 3000)
+    mapping = {"columns": {"user": "text", "assistant": "category", "label": "category", "group": "ticket_id"}}
+    flip = itertools.cycle([True, False])
+    monkeypatch.setattr(ingest, "_cores", lambda: 2)
+    monkeypatch.setattr(ingest._Balance, "__call__", lambda self: next(flip))
+    handed = []
+    real = ingest._split
+
+    def spy(items):
+        out = real(items)
+        handed.append(out[3])
+        return out
+
+    monkeypatch.setattr(ingest, "_split", spy)  # in this (writer) process: called for handed-over batches only
+    reps = {}
+    for w in (0, 1):
+        store = open_store(tmp_path / f"ws{w}")
+        reps[w] = ingest_paths(store, [p], mapping=mapping, batch_size=400, workers=w).totals()
+        store.close()
+        if w == 0:
+            handed.clear()
+    assert reps[0] == reps[1] and reps[1]["added"] == 3000 and reps[1]["rejected"] == 1
+    assert len(handed) >= 3  # batches 2, 4, 6 (of 8) were built by the writer
+    assert _state(tmp_path / "ws0") == _state(tmp_path / "ws1")

@@ -187,11 +187,29 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _split(items: Iterable[Any]) -> tuple[list[list], list[Reject], list[Chunk], int]:
+    rows: list[list] = []
+    rejects: list[Reject] = []
+    chunks: list[Chunk] = []
+    n = 0
+    for it in items:
+        n += 1
+        if isinstance(it, Example):
+            rows.append(prepare_row(it))
+        elif isinstance(it, Chunk):
+            chunks.append(it)
+        else:
+            rejects.append(it)
+    return rows, rejects, chunks, n
+
+
 def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None, opts: ReadOptions | None,
-            batch_size: int, workers: int, pool_box: list) -> Iterator[tuple]:
+            batch_size: int, workers: int, pool_box: list, writer_builds: Any = None) -> Iterator[tuple]:
     """What the readers make of ``files``, in file order: ``("file", i, kind)`` when file ``i`` starts,
     then ``("batch", i, rows, rejects, chunks, n_items)`` of at most ``batch_size`` items each; examples
-    are already :func:`~curate.store.prepare_row` rows. The same in one process or in a reader process."""
+    are already :func:`~curate.store.prepare_row` rows. The same in one process or in a reader process.
+    In a reader process (``writer_builds`` given), a batch of a row-per-example ticket file may come as
+    ``("raw", i, chunk)`` instead: the writer builds it (:func:`~curate.ingest.tickets.read_shared`)."""
     from . import tickets
 
     for i, path in enumerate(files):
@@ -201,6 +219,10 @@ def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None,
             items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
         else:
             o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
+            if writer_builds is not None and k == "tickets" and tickets.can_read_parallel(path, o):
+                for what, x in tickets.read_shared(path, o, batch_size, writer_builds):
+                    yield ("raw", i, x) if what == "raw" else ("batch", i, *_split(x))
+                continue
             if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
                 if not pool_box:
                     import multiprocessing as mp
@@ -209,23 +231,27 @@ def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None,
                 items = tickets.read_parallel(path, o, pool_box[0], chunk=batch_size, in_flight=2 * workers)
             else:
                 items = _reader(k)(path, o)
-        rows: list[list] = []
-        rejects: list[Reject] = []
-        chunks: list[Chunk] = []
-        n = 0
+        buf: list[Any] = []
         for it in items:
-            n += 1
-            if isinstance(it, Example):
-                rows.append(prepare_row(it))
-            elif isinstance(it, Chunk):
-                chunks.append(it)
-            else:
-                rejects.append(it)
-            if n >= batch_size:
-                yield ("batch", i, rows, rejects, chunks, n)
-                rows, rejects, chunks, n = [], [], [], 0
-        if n:
-            yield ("batch", i, rows, rejects, chunks, n)
+            buf.append(it)
+            if len(buf) >= batch_size:
+                yield ("batch", i, *_split(buf))
+                buf = []
+        if buf:
+            yield ("batch", i, *_split(buf))
+
+
+class _Balance:
+    """Reader-process side of the work sharing: a batch goes to the writer (raw rows, which it
+    turns into examples itself) when, so far, the writer has waited for batches longer than the
+    reader has waited for the writer. ``writer_wait`` is shared memory the writer adds its waits to."""
+
+    def __init__(self, writer_wait: Any):
+        self.writer_wait = writer_wait
+        self.reader_wait = 0.0
+
+    def __call__(self) -> bool:
+        return self.writer_wait.value > self.reader_wait
 
 
 def _reader_main(conn: Any, args: tuple) -> None:
@@ -236,9 +262,15 @@ def _reader_main(conn: Any, args: tuple) -> None:
     from .tickets import _worker_init
 
     _worker_init()  # dies with the writer (a SIGKILLed ingest leaves no reader behind)
+    args, writer_wait = args[:-1], args[-1]
+    balance = _Balance(writer_wait)
+    clock = time.perf_counter
     try:
-        for ev in _events(*args):
-            conn.send_bytes(pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL))
+        for ev in _events(*args, writer_builds=balance):
+            data = pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)
+            t = clock()
+            conn.send_bytes(data)
+            balance.reader_wait += clock() - t
         conn.send_bytes(pickle.dumps(("done",)))
     except BrokenPipeError:
         pass  # the writer is gone
@@ -264,13 +296,19 @@ def _piped_events(args: tuple) -> Iterator[tuple]:
 
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_reader_main, args=(send, args), name="curate-ingest-reader", daemon=True)
+    writer_wait = ctx.Value("d", 0.0, lock=False)  # seconds this process waited for batches (see _Balance)
+    proc = ctx.Process(target=_reader_main, args=(send, (*args, writer_wait)), name="curate-ingest-reader",
+                       daemon=True)
     proc.start()
     send.close()
+    clock = time.perf_counter
     try:
         while True:
             try:
-                ev = pickle.loads(recv.recv_bytes())
+                t = clock()
+                data = recv.recv_bytes()
+                writer_wait.value += clock() - t
+                ev = pickle.loads(data)
             except EOFError:
                 proc.join(5)
                 raise RuntimeError(f"the ingest reader process died (exit code {proc.exitcode}); "
@@ -356,7 +394,12 @@ def ingest_paths(
                     fr = FileReport(file=str(files[ev[1]]), kind=ev[2])
                     report.files.append(fr)
                     continue
-                _, _, rows, rj_buf, ch_buf, n = ev
+                if ev[0] == "raw":  # a batch the reader process left to this one (work sharing)
+                    from .tickets import _process_chunk
+
+                    rows, rj_buf, ch_buf, n = _split(_process_chunk(ev[2]))
+                else:
+                    _, _, rows, rj_buf, ch_buf, n = ev
                 # one transaction per batch: records, chunks and rejects land together or not at all
                 with store.tx():
                     if rows:

@@ -332,3 +332,31 @@ def read_parallel(path: Path, opts: ReadOptions, pool: Any, chunk: int = 2000, d
         submit()
     while pending:
         yield from pending.popleft().get()
+
+
+def read_shared(path: Path, opts: ReadOptions, batch: int, writer_builds: Any, display: str | None = None
+                ) -> Iterator[tuple[str, Any]]:
+    """:func:`read` in batches of ``batch`` rows for the ingest reader process, which may hand a batch
+    to the writer process instead of building it: yields ``("items", [items])`` (built here) or
+    ``("raw", chunk)`` where ``_process_chunk(chunk)`` builds the same items (in the writer).
+    ``writer_builds()`` decides per batch. Same items and order as :func:`read` (one item per CSV/JSONL
+    row: row-per-example files only, see :func:`can_read_parallel`)."""
+    file = display or str(path)
+    mapping = opts.mapping
+    m: dict[str, Any] | None = None
+    buf: list[tuple] = []
+    for t in iter_rows(path):
+        loc, row, err = t
+        if m is None and not err:
+            try:
+                m = _resolve_columns(list(row.keys()), mapping, file)
+            except MappingError as e:  # as read(): the rejects before it, this one, nothing after
+                yield "items", _process_chunk((buf, file, mapping, opts, None)) + [Reject(file, "file", str(e), "columns")]
+                return
+        buf.append(t)
+        if len(buf) >= batch:
+            chunk = (buf, file, mapping, opts, m)
+            yield ("raw", chunk) if m is not None and writer_builds() else ("items", _process_chunk(chunk))
+            buf = []
+    if buf:
+        yield "items", _process_chunk((buf, file, mapping, opts, m))

@@ -334,8 +334,7 @@ def profile(n: int, reps: int = 5) -> dict:
     docs, _ = make_corpus(n, 0)
     b, r = mh.lsh_params(THRESHOLD, K)
     mod = mh._jit_module()
-    kernel = mh._jit_kernel()
-    mh.signatures_of(docs[:100], "word", K)
+    mh.lsh_keys_of(docs[:100], "word", K, b, r)
 
     def best(f):
         t = float("inf")
@@ -345,36 +344,37 @@ def profile(n: int, reps: int = 5) -> dict:
             t = min(t, time.process_time() - c)
         return round(t / n * 1e6, 3)
 
-    def chunks():
-        return [docs[i : i + 20000] for i in range(0, n, 20000)]
-
-    sig, _ = mh.signatures_of(docs, "word", K)
-    ok = np.flatnonzero(mh.nonempty(sig))
-    cand = mh.lsh_candidates(sig, b, r, ok)
+    keys, exact = mh.lsh_keys_of(docs, "word", K, b, r)
+    ok = np.flatnonzero(exact != 0)
+    cand = mh.lsh_candidates_keys(keys, ok)
     pairs, _ = mh.verify_pairs(cand, docs, "word", THRESHOLD)
-    stages = {"text_to_bytes_us": best(lambda: [mh._raw_bytes(c) for c in chunks()])}
-    if kernel is not None:
-        def kernel_only():
-            for c in chunks():
-                s_ = np.full((len(c), K), mh.EMPTY, np.uint32)
-                mh._signatures_jit(kernel, *mh._raw_bytes(c), "word", K, 1, s_, np.zeros(len(c), np.uint64))
-        stages["bytes_plus_kernel_us"] = best(kernel_only)
-        stages["band_keys_and_buckets_us"] = best(lambda: mod.band_pairs(sig, ok, b, r, 32))
-    stages["signatures_of_us"] = best(lambda: mh.signatures_of(docs, "word", K))
-    stages["lsh_candidates_us"] = best(lambda: mh.lsh_candidates(sig, b, r, ok))
+    rows = np.unique(cand)
+    sub = [docs[i] for i in rows.tolist()]
+    hs, offs = mh.shingle_hashes(sub, "word")
+    ia, ib = np.searchsorted(rows, cand[:, 0]), np.searchsorted(rows, cand[:, 1])
+    chunk = mh.JIT_CHUNK
+    stages = {"text_to_bytes_us": best(lambda: [mh._raw_bytes(docs[i : i + chunk]) for i in range(0, n, chunk)]),
+              "band_keys_us (text to bytes included)": best(lambda: mh.lsh_keys_of(docs, "word", K, b, r))}
+    if mod is not None:
+        stages["lsh_buckets_us"] = best(lambda: mod.bucket_pairs(keys, ok, ok, 32))
+        raw = mod.bucket_pairs(keys, ok, ok, 32)
+        stages["lsh_unique_pairs_us"] = best(lambda: mh.unique_pairs(raw))
+    stages["lsh_candidates_us"] = best(lambda: mh.lsh_candidates_keys(keys, ok))
+    stages["verify_shingle_candidate_rows_us"] = best(lambda: mh.shingle_hashes(sub, "word"))
+    stages["verify_jaccard_us"] = best(lambda: mh.jaccard_sets(hs, offs, ia, ib))
     stages["verify_exact_us"] = best(lambda: mh.verify_pairs(cand, docs, "word", THRESHOLD))
 
     def uf():
         mh.UnionFind(n).union_pairs(pairs)
 
     stages["union_find_us"] = best(uf)
-    stages["total_us"] = round(stages["signatures_of_us"] + stages["lsh_candidates_us"] + stages["verify_exact_us"]
-                               + stages["union_find_us"], 3)
+    stages["total_us"] = round(stages["band_keys_us (text to bytes included)"] + stages["lsh_candidates_us"]
+                               + stages["verify_exact_us"] + stages["union_find_us"], 3)
     stages["docs_per_cpu_s"] = round(1e6 / stages["total_us"])
 
     def full():
-        s_, _ = mh.signatures_of(docs, "word", K)
-        p_, _ = mh.near_pairs(s_, THRESHOLD, b, r, docs, "word")
+        k_, x_ = mh.lsh_keys_of(docs, "word", K, b, r)
+        p_, _ = mh.verify_pairs(mh.lsh_candidates_keys(k_, np.flatnonzero(x_ != 0)), docs, "word", THRESHOLD)
         mh.UnionFind(n).union_pairs(p_)
 
     pr = cProfile.Profile()
@@ -384,8 +384,8 @@ def profile(n: int, reps: int = 5) -> dict:
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
     top = [ln.strip() for ln in buf.getvalue().splitlines() if re.match(r"\s*\d", ln)][:12]
-    return {"records": n, "candidates": len(cand), "pairs": len(pairs),
-            "kernel": "numba" if kernel is not None else "numpy", "cpu_us_per_record": stages,
+    return {"records": n, "candidates": len(cand), "candidate_rows": len(rows), "pairs": len(pairs),
+            "bands_rows": [b, r], "kernel": "numba" if mod is not None else "numpy", "cpu_us_per_record": stages,
             "cprofile_top_tottime": top}
 
 

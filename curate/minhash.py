@@ -427,7 +427,7 @@ def _signatures_jit(kernel, buf: np.ndarray, offs: np.ndarray, kind: str, k: int
     if len(offs) < 2:
         return
     if k not in _SEQ_T:
-        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T)
+        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T.astype(np.uint16))
     pw, _ = _powers(int(np.diff(offs).max()) + 2)
     seedmix = _mix64(np.array([seed], U64))[0]
     kernel(buf, offs, _JIT_TABLE, pw, kind == "char", 3 if kind == "word" else 5, k,
@@ -496,7 +496,7 @@ def lsh_keys_of(texts: Sequence[str], kind: str, k: int, b: int, r: int, batch: 
             exact[i : i + len(s_)] = x_
         return keys, exact
     if k not in _SEQ_T:
-        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T)
+        _SEQ_T[k] = np.ascontiguousarray(_densify_sequence(k, 4 * k).T.astype(np.uint16))
     seedmix = _mix64(np.array([seed], U64))[0]
     i = 0
     while i < n:
@@ -633,11 +633,15 @@ def _pairs_from_keys(keys: np.ndarray, ids: np.ndarray, full_pairs_upto: int = 3
 
 
 def band_keys(sig: np.ndarray, band: int, r: int) -> np.ndarray:
+    """64-bit key of band ``band`` (values ``band·r … band·r + r − 1``) of each row: the
+    values are taken two at a time as one 64-bit word (low, high) and chained through
+    the splitmix64 finaliser, starting from ``(band + 1)·golden``."""
     cols = sig[:, band * r : (band + 1) * r].astype(U64)
     with np.errstate(over="ignore"):
         h = np.full(len(sig), U64(band + 1) * U64(0x9E3779B97F4A7C15), dtype=U64)
-        for c in range(cols.shape[1]):
-            h = _mix64(h ^ cols[:, c])
+        for c in range(0, cols.shape[1], 2):
+            x = cols[:, c] | (cols[:, c + 1] << U64(32)) if c + 1 < cols.shape[1] else cols[:, c]
+            h = _mix64(h ^ x)
     return h
 
 
@@ -661,13 +665,29 @@ def lsh_candidates(sig: np.ndarray, b: int, r: int, rows: np.ndarray | None = No
     return unique_pairs(pairs)
 
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (numpy ≥ 2.3 hashes integers for ``np.unique``, which
+    misses the cache on every element of a large array; a sort streams through it)."""
+    x = np.sort(x)
+    if len(x) > 1:
+        keep = np.empty(len(x), bool)
+        keep[0] = True
+        np.not_equal(x[1:], x[:-1], out=keep[1:])
+        x = x[keep]
+    return x
+
+
 def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Distinct pairs ``(i, j)``, ``i < j``, sorted (self-pairs dropped); ids < 2³²."""
     if not len(pairs):
         return np.zeros((0, 2), np.int64)
     a, c = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
     keep = a != c
-    key = np.unique(a[keep].astype(np.uint64) << np.uint64(32) | c[keep].astype(np.uint64))
-    return np.stack([(key >> np.uint64(32)).astype(np.int64), (key & MASK32).astype(np.int64)], axis=1)
+    key = sorted_unique((a[keep].astype(np.uint64) << np.uint64(32)) | c[keep].astype(np.uint64))
+    out = np.empty((len(key), 2), np.int64)
+    out[:, 0] = key >> np.uint64(32)
+    out[:, 1] = key & MASK32
+    return out
 
 
 TextSource = Union[Sequence[str], Callable[[np.ndarray], Sequence[str]]]
@@ -743,7 +763,7 @@ def verify_pairs(cand: np.ndarray, texts: TextSource, kind: str, threshold: floa
     keep_p, keep_s = [], []
     for i in range(0, len(cand), block):
         blk = cand[i : i + block]
-        rows = np.unique(blk)
+        rows = sorted_unique(blk.reshape(-1))
         hs, offs = shingle_hashes(_texts_of(texts, rows), kind)
         j = jaccard_sets(hs, offs, np.searchsorted(rows, blk[:, 0]), np.searchsorted(rows, blk[:, 1]))
         ok = j >= threshold - 1e-12

@@ -22,10 +22,11 @@ import numpy as np
 
 P, GOLD = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)
 C1, C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-S30, S27, S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+S30, S27, S31, S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 ONE, ZERO, FIVES, M32 = np.uint64(1), np.uint64(0), np.uint64(0x5555), np.uint64(0xFFFFFFFF)
 CAP, EMP = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)
 SPACE = np.uint8(32)
+PART = 4096  # LSH bucket partition size (see bucket_pairs)
 
 
 @numba.njit(inline="always")
@@ -200,9 +201,12 @@ def keys_kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t
         doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k)
         for band in range(b):
             hb[band] = np.uint64(band + 1) * GOLD
-        for c in range(r):
+        for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)
             for band in range(b):
-                hb[band] = mix(hb[band] ^ np.uint64(row[band * r + c]))
+                x = np.uint64(row[band * r + c])
+                if c + 1 < r:
+                    x |= np.uint64(row[band * r + c + 1]) << S32
+                hb[band] = mix(hb[band] ^ x)
         for band in range(b):
             keys[band, d] = hb[band]
 
@@ -218,9 +222,12 @@ def band_keys(sig, rows, b, r):
         row = sig[rows[i]]
         for band in range(b):
             hb[band] = np.uint64(band + 1) * GOLD
-        for c in range(r):
+        for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)
             for band in range(b):
-                hb[band] = mix(hb[band] ^ np.uint64(row[band * r + c]))
+                x = np.uint64(row[band * r + c])
+                if c + 1 < r:
+                    x |= np.uint64(row[band * r + c + 1]) << S32
+                hb[band] = mix(hb[band] ^ x)
         for band in range(b):
             keys[band, i] = hb[band]
     return keys
@@ -250,7 +257,7 @@ def bucket_pairs(keys, cols, rows, full_upto):
     # all columns in order (the usual case): read keys[band] directly, not through cols
     ident = n == keys.shape[1] and (n == 0 or (cols[0] == 0 and cols[n - 1] == n - 1))
     pbits = 0
-    while (n >> pbits) > 4096:
+    while (n >> pbits) > PART:
         pbits += 1
     n_part = 1 << pbits
     pshift = np.uint64(64 - pbits) if pbits > 0 else np.uint64(0)

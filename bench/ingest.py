@@ -15,8 +15,11 @@ Rows look like real ticket exports: ``ticket_id, subject, body, reply,
 category``; about 8% carry PII (emails, phones, order numbers) so the scrubber
 does real work. ``records/s`` counts rows read per second of wall time,
 including interpreter start-up; ``records_per_cpu_s`` divides by the child's
-user+sys CPU time (its pool workers included) instead, which is what to compare when other processes
-compete for the CPU (``machine.loadavg_*`` says how busy it was).
+user+sys CPU time (its reader process / pool workers included) instead, which is what to compare when
+other processes compete for the CPU (``machine.loadavg_*`` and ``machine.busy_*`` say how busy it was).
+``writer_cpu_s`` / ``children_cpu_s`` split that CPU between the ingest process (SQLite writes) and its
+children (the reader process that parses); ``records_per_s_two_idle_cores_bound`` is rows divided by
+the larger of the two and of half the total: the best wall clock two idle cores could give.
 """
 from __future__ import annotations
 
@@ -75,6 +78,23 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
             w.writerow([f"T{i}", sentence(rng, rng.randint(3, 8)), body, sentence(rng, rng.randint(10, 40)), rng.choice(CATEGORIES)])
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return sum(f) - idle, sum(f)
+
+
+def _busy(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float | None:
+    """Average number of busy cores between two :func:`_cpu_ticks` (this bench and everyone else)."""
+    if not a or not b or b[1] == a[1]:
+        return None
+    return round((b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1), 2)
+
+
 def checkout(rev: str, tmp: Path) -> Path:
     """The ``curate`` package as of git revision ``rev``, extracted under ``tmp`` (for the baseline)."""
     dest = tmp / f"baseline-{rev.replace('/', '_')}"
@@ -100,7 +120,7 @@ def run_one(rows: int, tmp: Path, batch_size: int | None, workers: int | None = 
         "import resource, sys, json; from curate.cli import main; rc = main(sys.argv[1:]); "
         "ru = resource.getrusage(resource.RUSAGE_SELF); rc2 = resource.getrusage(resource.RUSAGE_CHILDREN); "
         "print('MAXRSS', max(ru.ru_maxrss, rc2.ru_maxrss), ru.ru_utime + ru.ru_stime + rc2.ru_utime + rc2.ru_stime, "
-        "file=sys.stderr); sys.exit(rc)"
+        "ru.ru_utime + ru.ru_stime, file=sys.stderr); sys.exit(rc)"
     )
     cmd = [sys.executable, "-c", code, "ingest", str(csv_path), "--mapping", str(map_path), "--workspace", str(ws),
            "--json", *extra]
@@ -114,8 +134,9 @@ def run_one(rows: int, tmp: Path, batch_size: int | None, workers: int | None = 
     if p.returncode != 0:
         raise SystemExit(f"ingest failed ({p.returncode}):\n{p.stderr[-3000:]}")
     rep = json.loads(p.stdout)
-    _, maxrss_kb, cpu_s = next(ln.split() for ln in p.stderr.splitlines() if ln.startswith("MAXRSS"))
-    maxrss_kb, cpu_s = int(maxrss_kb), float(cpu_s)
+    _, maxrss_kb, cpu_s, main_cpu_s = next(ln.split() for ln in p.stderr.splitlines() if ln.startswith("MAXRSS"))
+    maxrss_kb, cpu_s, main_cpu_s = int(maxrss_kb), float(cpu_s), float(main_cpu_s)
+    child_cpu_s = cpu_s - main_cpu_s
     t = rep["totals"]
     out = {
         "rows": rows,
@@ -126,6 +147,11 @@ def run_one(rows: int, tmp: Path, batch_size: int | None, workers: int | None = 
         "records_per_s": round(t["read"] / wall),
         "ingest_cpu_s": round(cpu_s, 2),
         "records_per_cpu_s": round(t["read"] / cpu_s),
+        # the ingest process (the SQLite writer) and its children (reader process / pool) apart;
+        # on two otherwise idle cores the wall clock cannot beat the busier one, nor half the total
+        "writer_cpu_s": round(main_cpu_s, 2),
+        "children_cpu_s": round(child_cpu_s, 2),
+        "records_per_s_two_idle_cores_bound": round(t["read"] / max(main_cpu_s, child_cpu_s, cpu_s / 2)),
         "read": t["read"], "added": t["added"], "already_present": t["already_present"], "rejected": t["rejected"],
         "peak_rss_mb": round(maxrss_kb / 1024, 1),
         "store_mb": round((ws / "store.sqlite").stat().st_size / 1e6, 1),
@@ -152,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(a.tmp or tmpctx.name)
     tmp.mkdir(parents=True, exist_ok=True)
     load0 = [round(x, 2) for x in os.getloadavg()]
+    stat0 = _cpu_ticks()
     results, baseline = [], []
     try:
         base_root = checkout(a.baseline, tmp) if a.baseline else None
@@ -168,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "ingest",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                    "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "busy_cores_avg_during_runs": _busy(stat0, _cpu_ticks())},
         "target_records_per_s": 20000,
         "batch_size": a.batch_size or "ingest default",
         "workers": a.workers if a.workers is not None else "ingest default",

@@ -302,13 +302,16 @@ def _piped_events(args: tuple) -> Iterator[tuple]:
     proc.start()
     send.close()
     clock = time.perf_counter
+    started = False  # the wait for the first batch says nothing about the balance: not counted
     try:
         while True:
             try:
                 t = clock()
                 data = recv.recv_bytes()
-                writer_wait.value += clock() - t
+                if started:
+                    writer_wait.value += clock() - t
                 ev = pickle.loads(data)
+                started = started or ev[0] != "file"
             except EOFError:
                 proc.join(5)
                 raise RuntimeError(f"the ingest reader process died (exit code {proc.exitcode}); "
@@ -362,6 +365,8 @@ def ingest_paths(
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one process), 1 (a reader process) or more (a pool), got {workers}")
     report = IngestReport()
     rejects_path = store.workspace / "rejects" / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     rej_f = None

@@ -63,6 +63,116 @@ def health(url: str) -> dict:
     return json.loads(urllib.request.urlopen(url + "/health", timeout=5).read())
 
 
+def judge_bench(a) -> int:
+    """``--judge``: the embedded judge on obviously good vs obviously bad examples, in process, greedy.
+
+    good: BANKING77 demo messages with their own label (real customer text, correct reply);
+    bad: the same messages with a wrong label (``wrong-label``), refusals/AI boilerplate as the customer
+    turn (``refusal``), the message's words shuffled with nonsense words (``garbage``), and off-topic
+    questions (``off-topic``).  Each is judged twice: the new way (score-token probabilities after a
+    ``Score: `` prefix) and the old way (free text, ``judge_max_tokens`` tokens, parsed).  Real paraphrase
+    candidates written by the same model (temperature 0.8) are judged too and listed with their scores.
+    """
+    import random
+
+    import torch
+
+    from synth import reward as rw
+    from synth.backends import LocalBackend
+    from synth.config import SynthConfig
+    from synth.strategies import clean_output, render
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rng = random.Random(0)
+    with open(ROOT / "data/banking77_demo/banking77_demo.csv", newline="") as f:
+        rows = [(r["text"], r["category"].lower()) for r in csv.DictReader(f)]
+    rng.shuffle(rows)
+    labels = sorted({lab for _, lab in rows})
+    k = a.judge_n
+    base = rows[:k]
+    nonsense = "purple zebra lorem ipsum quantum banana seventeen wobble fjord".split()
+    refusals = ["I'm sorry, but as an AI language model I cannot help with that.",
+                "As an AI, I am unable to provide personal banking advice.",
+                "Sure! Here is the rewritten message:", "I apologize, but I cannot rewrite this message.",
+                "Rewrite this customer message in different words. Write only the new message.",
+                "I cannot assist with that request."]
+    offtopic = ["What is the capital of France?", "Can you recommend a good pizza place near the beach?",
+                "Who won the football match last night?", "How do I bake sourdough bread at home?",
+                "What's the best way to train a puppy to sit?", "Write me a poem about the ocean."]
+
+    def ex(u, lab):
+        return [{"role": "user", "content": u}, {"role": "assistant", "content": lab}]
+
+    def garble(u):
+        w = u.split()
+        rng.shuffle(w)
+        return " ".join(x if rng.random() < 0.5 else rng.choice(nonsense) for x in w)
+
+    sets = {
+        "good": [ex(u, lab) for u, lab in base],
+        "wrong-label": [ex(u, rng.choice([x for x in labels if x != lab])) for u, lab in base],
+        "refusal": [ex(refusals[i % len(refusals)], lab) for i, (_, lab) in enumerate(base)],
+        "garbage": [ex(garble(u), lab) for u, lab in base],
+        "off-topic": [ex(offtopic[i % len(offtopic)], lab) for i, (_, lab) in enumerate(base)],
+    }
+    be = LocalBackend(max_batch=8)
+    cfg = SynthConfig()
+    p_new = rw.judge_params(cfg)
+    p_old = {"max_tokens": cfg.judge_max_tokens, "temperature": 0.0}
+    res: dict = {}
+    t0 = time.process_time()
+    for name, exs in sets.items():
+        prompts = [rw.judge_prompt(e) for e in exs]
+        new = [rw.judge_result(d) for d in be.score_many(prompts, p_new)]
+        old = [rw.parse_judge(t) for t in be.complete_many(prompts, p_old)]
+        res[name] = {"n": len(exs), "new": new, "old": old}
+    # real candidates: paraphrases the embedded model writes, judged like generate() does
+    seeds = base[: min(8, k)]
+    outs = be.complete_many([render("paraphrase", text=u) for u, _ in seeds],
+                            [{"max_tokens": 64, "temperature": 0.8, "top_p": 0.95, "seed": i} for i in range(len(seeds))])
+    cands = [(clean_output(o), lab, u) for o, (u, lab) in zip(outs, seeds)]
+    cj = [rw.judge_result(d) for d in be.score_many([rw.judge_prompt(ex(c, lab)) for c, lab, _ in cands], p_new)]
+    cpu = time.process_time() - t0
+
+    def auc(g, b):
+        return sum((x > y) + 0.5 * (x == y) for x in g for y in b) / (len(g) * len(b))
+
+    def mean(x):
+        return round(sum(x) / len(x), 3) if x else None
+
+    good = [j["score"] for j in res["good"]["new"]]
+    out = {
+        "what": "embedded SmolLM2-135M as LLM judge (in process, greedy): score from the next-token probabilities "
+                "of 1..5 after a 'Score: ' prefix (new) vs free text parsed (old, judge_max_tokens tokens)",
+        "n_per_set": k, "judge_max_tokens": cfg.judge_max_tokens, "torch_threads": torch.get_num_threads(),
+        "sets": {}, "real_candidates": [],
+    }
+    for name, r in res.items():
+        sc = [j["score"] for j in r["new"]]
+        d = {"usable_new": f"{sum(s is not None for s in sc)}/{r['n']}",
+             "usable_old_text_parse": f"{sum(j['score'] is not None for j in r['old'])}/{r['n']}",
+             "mean_score_new": mean(sc), "min_new": min(sc), "max_new": max(sc),
+             "mean_mass_on_score_tokens": mean([j["mass"] for j in r["new"]]),
+             "old_parse_kinds": {kk: sum(j["parse"] == kk for j in r["old"]) for kk in ("json", "pattern", "unparseable")}}
+        if name != "good":
+            d["auc_good_vs_this"] = round(auc(good, sc), 3)
+        out["sets"][name] = d
+    bad = [j["score"] for n, r in res.items() if n != "good" for j in r["new"]]
+    out["auc_good_vs_all_bad"] = round(auc(good, bad), 3)
+    out["real_candidates"] = [{"seed": u, "candidate": c, "label": lab, "score": j["score"], "mass": j["mass"],
+                               "rationale": j["rationale"]} for (c, lab, u), j in zip(cands, cj)]
+    out["example_rationales_new"] = [j["rationale"] for j in res["good"]["new"][:3]]
+    out["example_old_outputs"] = [j["rationale"] for j in res["good"]["old"][:3]]
+    out["cpu_s"] = round(cpu, 1)
+    out["machine"] = {"cpus": os.cpu_count(), "loadavg_1m_end": round(os.getloadavg()[0], 2),
+                      "note": "shared 2-vCPU box, other engineers' jobs running"}
+    print(json.dumps(out, indent=2))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="requests per measurement (default 8)")
@@ -74,44 +184,76 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="server torch threads (default 0 = torch's default; on a small CPU busy with other work "
                          "1 thread can be several times faster than preempted OpenMP threads)")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/synth.json"))
+    ap.add_argument("--prefix-cache", type=int, default=16, help="server prefix cache entries (0 = off)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="sequential/concurrent pairs measured, alternating; the best of each is compared (default 2)")
+    ap.add_argument("--out", default=None, help="result file (default bench/results/synth.json; "
+                                               "with --judge bench/results/synth-judge.json)")
+    ap.add_argument("--judge", action="store_true", help="measure the embedded judge instead (good vs bad examples)")
+    ap.add_argument("--judge-n", type=int, default=12, help="--judge: examples per set (default 12)")
     a = ap.parse_args(argv)
+    if a.out is None:
+        a.out = str(ROOT / ("bench/results/synth-judge.json" if a.judge else "bench/results/synth.json"))
+    if a.judge:
+        return judge_bench(a)
 
     from curate.store import Store
     from synth.backends import OpenAIBackend, Request, RunStats, run_requests
     from synth.strategies import render
 
     with open(ROOT / "data/banking77_demo/banking77_demo.csv", newline="") as f:
-        texts = [r["text"] for r in csv.DictReader(f)][: a.n]
+        allt = [r["text"] for r in csv.DictReader(f)]
+    texts = allt[: a.n]
+    warm = allt[a.n : a.n + 2]
     reqs = [Request(render("paraphrase", text=t), {"max_tokens": a.max_tokens, "temperature": 0.0}) for t in texts]
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), "--max-batch", str(a.max_batch),
-                             "--threads", str(a.threads), "--batch-wait", str(a.batch_wait)],
+                             "--threads", str(a.threads), "--batch-wait", str(a.batch_wait),
+                             "--prefix-cache", str(a.prefix_cache)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def server_cpu() -> float:  # user + system CPU seconds of the server process
+        f = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / tick
+
+    def phase(concurrency: int, store=None, stats=None) -> tuple[list, dict]:
+        """One measured pass over ``reqs``; the server's prefix cache is emptied first, so every pass
+        prefills the shared template once and reuses it (sequential and concurrent alike)."""
+        if store is None:
+            urllib.request.urlopen(urllib.request.Request(url + "/reset_prefix_cache", data=b"", method="POST"),
+                                   timeout=10).read()
+        h0, c0, t0 = health(url), server_cpu(), time.perf_counter()
+        res = run_requests(be, reqs, store=store, concurrency=concurrency, stats=stats)
+        wall, cpu, h1 = time.perf_counter() - t0, server_cpu() - c0, health(url)
+        d = {k: round(h1[k] - h0[k], 3) for k in ("decode_steps", "row_steps", "prefill_tokens", "prefix_reused_tokens",
+                                                   "prefill_s", "decode_s")}
+        d["mean_decode_batch"] = round(d["row_steps"] / d["decode_steps"], 2) if d["decode_steps"] else None
+        d["decode_step_ms"] = round(1000 * d["decode_s"] / d["decode_steps"], 1) if d["decode_steps"] else None
+        d["prefill_ms_per_token"] = round(1000 * d["prefill_s"] / d["prefill_tokens"], 2) if d["prefill_tokens"] else None
+        out = {"seconds": round(wall, 3), "req_per_s": round(len(reqs) / wall, 3), "server_cpu_s": round(cpu, 2),
+               "prefill_share_of_engine_time": round(d["prefill_s"] / max(1e-9, d["prefill_s"] + d["decode_s"]), 3),
+               "engine": d}
+        return res, out
+
     try:
         wait_ready(url, proc)
         be = OpenAIBackend("smollm2", base_url=url + "/v1", timeout_s=600)
-        run_requests(be, reqs[:2], concurrency=2)  # warm-up (first forward pass allocations)
-        b0 = health(url)["batches"]
-
-        t = time.perf_counter()
-        seq = run_requests(be, reqs, concurrency=1)
-        t_seq = time.perf_counter() - t
-        b1 = health(url)["batches"]
-
-        t = time.perf_counter()
-        par = run_requests(be, reqs, concurrency=a.concurrency)
-        t_par = time.perf_counter() - t
-        b2 = health(url)["batches"]
-
+        run_requests(be, [Request(render("paraphrase", text=t), reqs[0].params) for t in warm], concurrency=2)  # warm-up
+        seqs, pars = [], []
+        for _ in range(a.repeats):  # alternate, so slow spells of the shared machine hit both
+            seq, m = phase(1)
+            seqs.append(m)
+            par, m = phase(a.concurrency)
+            pars.append(m)
         with tempfile.TemporaryDirectory() as d:
             store = Store(Path(d) / "store.sqlite")
             st1 = RunStats()
             t = time.perf_counter()
-            run_requests(be, reqs, store=store, concurrency=a.concurrency, stats=st1)
+            phase(a.concurrency, store=store, stats=st1)
             t_first = time.perf_counter() - t
             st2 = RunStats()
             t = time.perf_counter()
@@ -123,19 +265,36 @@ def main(argv=None) -> int:
         proc.wait(timeout=30)
 
     assert all(r.text is not None for r in seq + par + cached)
+    same = sum(x.text == y.text for x, y in zip(seq, par))
+    t_seq = min(m["seconds"] for m in seqs)
+    t_par = min(m["seconds"] for m in pars)
+    c_seq = min(m["server_cpu_s"] for m in seqs)
+    c_par = min(m["server_cpu_s"] for m in pars)
+    es, ep = seqs[0]["engine"], pars[0]["engine"]
+    # what batching can buy at most here: the prefill costs the same batched or not; only decoding is shared
+    decode_only = (es["decode_s"] / ep["decode_s"]) if ep["decode_s"] else None
     out = {
         "n_requests": a.n, "max_tokens": a.max_tokens, "server_max_batch": a.max_batch,
         "server_threads": a.threads or "torch default", "server_batch_wait_s": a.batch_wait,
-        "sequential": {"seconds": round(t_seq, 3), "req_per_s": round(a.n / t_seq, 3), "server_batches": b1 - b0},
-        f"concurrency_{a.concurrency}": {"seconds": round(t_par, 3), "req_per_s": round(a.n / t_par, 3),
-                                         "server_batches": b2 - b1, "mean_batch": round(a.n / max(1, b2 - b1), 2)},
+        "server_prefix_cache": a.prefix_cache, "repeats": a.repeats,
+        "sequential": seqs, f"concurrency_{a.concurrency}": pars,
         "speedup_concurrent_vs_sequential": round(t_seq / t_par, 2),
+        "speedup_server_cpu_s": round(c_seq / c_par, 2) if c_par else None,
+        "same_answers_sequential_vs_concurrent": f"{same}/{a.n}",
+        "profile": {
+            "decode_step_ms_batch1": es["decode_step_ms"], f"decode_step_ms_batch{a.concurrency}": ep["decode_step_ms"],
+            "decode_step_cost_ratio": round(ep["decode_step_ms"] / es["decode_step_ms"], 2) if es["decode_step_ms"] else None,
+            "prefill_share_sequential": seqs[0]["prefill_share_of_engine_time"],
+            "prefill_share_concurrent": pars[0]["prefill_share_of_engine_time"],
+            "speedup_of_decoding_alone": round(decode_only, 2) if decode_only else None,
+        },
         "cache": {"first_run_s": round(t_first, 3), "rerun_s": round(t_cached, 5), "rerun_cache_hits": st2.cache_hits,
                   "rerun_calls": st2.calls, "speedup": round(t_first / t_cached, 1)},
         "targets": {"concurrency_ge_4x": t_seq / t_par >= 4, "cache_ge_100x": t_first / t_cached >= 100},
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_end": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version()},
-        "server": "synth.server (stdlib http + batcher over transformers generate, CPU, fp32)",
+                    "python": platform.python_version(), "note": "shared box: other engineers' jobs ran at the same time"},
+        "server": "synth.server (stdlib http + synth.engine continuous batching, per-row prefill, prefix KV cache; "
+                  "transformers forward, fp32)",
     }
     print(json.dumps(out, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -6,25 +6,31 @@ embedded model with the standard library only.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming;
 ``messages``, ``max_tokens``/``max_completion_tokens``, ``temperature``,
-``top_p``, ``seed``), ``GET /health``.
+``top_p``, ``seed``, ``logprobs``/``top_logprobs`` (OpenAI schema, up to 20),
+``continue_final_message`` (vLLM's: continue a final assistant message, e.g.
+the judge's ``Score: `` prefix)), ``POST /reset_prefix_cache`` (as in vLLM),
+``GET /health``.
 
-Batching: request threads put work on a queue; one worker takes the first
-request, waits up to ``batch_wait_s`` for more (up to ``max_batch``), groups
-them by sampling parameters and runs each group as ONE left-padded
-``generate`` call.  So N concurrent clients cost about one forward pass per
-token instead of N — that is what ``--concurrency`` buys against this server.
+Batching (the local model): continuous batching in :class:`EngineBatcher` over
+:class:`synth.engine.Engine`.  Request threads put jobs on a queue; one engine
+thread admits every queued job into the running decode batch between two
+decoding steps (up to ``max_batch`` rows; each prompt is prefilled alone, reusing
+the KV cache of its longest common prefix with recent prompts), runs one batched
+forward per step for all rows, and hands each row back the step it finishes.  So
+N concurrent clients share each decoding step's weight reads instead of taking
+turns.  A backend without a steppable model (test fakes) gets :class:`Batcher`:
+one ``complete_many`` per group of queued requests with the same parameters.
 
 Abandoned requests are dropped.  A client that timed out (or a proxy in front
 of us that saw its client go) closes its connection; the request thread polls
 its socket while it waits and then marks the job cancelled.  A job is also
 cancelled at its deadline: ``request_timeout_s`` or, when the client says so,
 its own read timeout (the ``x-stainless-read-timeout`` header the ``openai``
-client sends), whichever is sooner.  The batcher skips cancelled jobs still in
-the queue, and a stopping criterion ends a cancelled row of a running batch at
-the next token (the whole ``generate`` stops once every row is finished or
-cancelled).  Without this, retries of timed-out clients queue behind work
-nobody waits for, and on a slow CPU the queue never drains.
-``Batcher.stats`` / ``GET /health`` count what was dropped.
+client sends), whichever is sooner.  Cancelled jobs still in the queue are
+never prefilled, and a cancelled row leaves the running batch at the next step.
+Without this, retries of timed-out clients queue behind work nobody waits for,
+and on a slow CPU the queue never drains.  ``GET /health`` counts what was
+dropped, and the engine's prefill/decode tokens and seconds.
 
 Run: ``python -m synth serve --port 8011 [--max-batch 8] [--threads 1]``.
 """
@@ -143,6 +149,9 @@ class Batcher:
         return {"batches": len(self.batches), "queued": self.q.qsize(), **self.stats}
 
 
+_RESET = object()
+
+
 class EngineBatcher:
     """Continuous batching over a backend's :class:`synth.engine.Engine` (the local model).
 
@@ -180,9 +189,16 @@ class EngineBatcher:
                 "prefill_tokens": st["prefill_tokens"], "prefix_reused_tokens": st["prefix_reused_tokens"],
                 "prefill_s": round(st["prefill_s"], 3), "decode_s": round(st["decode_s"], 3), **self.stats}
 
+    def reset_prefix_cache(self) -> None:
+        """Empty the engine's prefix cache before any request queued after this call (vLLM's endpoint of the same name)."""
+        self.q.put(_RESET)
+
     def _admit(self, job: Job) -> None:
         from .engine import Row
 
+        if job is _RESET:
+            self.engine.clear_prefix_cache()
+            return
         if job.gone():
             self.stats["dropped_queued"] += 1
             job.future.cancel()
@@ -323,6 +339,11 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
                 self._error(404, f"no route {self.path}")
 
         def do_POST(self):
+            if self.path.rstrip("/") == "/reset_prefix_cache" and hasattr(batcher, "reset_prefix_cache"):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                batcher.reset_prefix_cache()
+                self._send(200, {"ok": True})
+                return
             if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                 self._error(404, f"no route {self.path}")
                 return
@@ -379,7 +400,7 @@ def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600
 
 def serve(host: str = "127.0.0.1", port: int = 8011, model: str = "embedded:smollm2-135m-instruct",
           max_batch: int = 8, batch_wait_s: float = 0.02, backend=None, ready: threading.Event | None = None,
-          request_timeout_s: float = 600.0, threads: int | None = None):
+          request_timeout_s: float = 600.0, threads: int | None = None, prefix_cache: int = 16):
     """Build and return (server, batcher); call ``server.serve_forever()`` to run it.
 
     ``request_timeout_s``: a request not answered by then is dropped (504).  ``threads``: torch
@@ -394,6 +415,8 @@ def serve(host: str = "127.0.0.1", port: int = 8011, model: str = "embedded:smol
         from .backends import LocalBackend
 
         backend = LocalBackend(model, max_batch=max_batch)
+    if hasattr(backend, "engine"):
+        backend.engine.prefix_cache_size = max(0, int(prefix_cache))
     if hasattr(backend, "engine") and hasattr(backend, "prompt_ids"):
         batcher = EngineBatcher(backend, max_batch=max_batch, batch_wait_s=batch_wait_s)
     else:  # a backend without a model we can step (tests): one complete_many per batch
@@ -415,11 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request-timeout", type=float, default=600.0,
                     help="seconds after which an unanswered request is dropped (default 600; a shorter client read "
                          "timeout sent by the openai client wins)")
+    ap.add_argument("--prefix-cache", type=int, default=16,
+                    help="prompts whose KV cache is kept for prefix reuse (default 16; 0 = off)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default 0 = torch's default; 1 is faster on a small, busy CPU)")
     a = ap.parse_args(argv)
     srv, _ = serve(a.host, a.port, a.model, a.max_batch, a.batch_wait, request_timeout_s=a.request_timeout,
-                   threads=a.threads or None)
+                   threads=a.threads or None, prefix_cache=a.prefix_cache)
     print(json.dumps({"listening": f"http://{a.host}:{srv.server_address[1]}/v1", "model": a.model, "max_batch": a.max_batch,
                       "threads": a.threads or None}), flush=True)
     try:

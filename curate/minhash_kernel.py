@@ -115,19 +115,21 @@ def doc_shingles(buf, s, e, table, pw_tab, char_mode, n, wh, nb, out):
 
 
 @numba.njit(inline="always")
-def doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k):
+def doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k, kd):
     """OPH signature of the shingle hashes ``sh[:cnt]`` into ``row`` (pre-filled with EMP):
-    minimum per bin, then optimal densification."""
+    minimum per bin, then optimal densification of bins ``< kd`` (``kd = k``: all; the
+    band-key kernel needs only the first ``b·r``, and a densified bin depends only on
+    the bins before densification, so the others are not needed)."""
     for j in range(cnt):
         put(row, sh[j], seedmix, shift)
     # optimal densification: empty bin c takes orig[seq[c, t]] for the first t where
     # that bin is non-empty; the still-empty bins are kept compacted in idx[:m]
     m = 0
     for c in range(k):
-        v = row[c]
-        orig[c] = v
+        orig[c] = row[c]
+    for c in range(kd):
         idx[m] = c
-        m += v == EMP
+        m += orig[c] == EMP
     t = 0
     steps = seq_t.shape[0]
     while m > 0 and t < steps:
@@ -172,7 +174,7 @@ def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig
         exact[d] = ex
         if cnt == 0:
             continue
-        doc_signature(sh, cnt, sig[d], orig, idx, seq_t, seedmix, shift, k)
+        doc_signature(sh, cnt, sig[d], orig, idx, seq_t, seedmix, shift, k, k)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -198,7 +200,7 @@ def keys_kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t
         if cnt == 0:
             continue
         row[:] = EMP
-        doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k)
+        doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k, b * r)
         for band in range(b):
             hb[band] = np.uint64(band + 1) * GOLD
         for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)

@@ -111,7 +111,8 @@ def choose_micro_batch(try_fb: Callable[[int, int], float | None], rows_needed: 
        (binary search; fitting is monotone in ``c``), plus ``margin_layers`` for allocator slack.
 
     The candidate with the highest measured tokens/s wins: under a tight memory cap a big micro-batch with
-    partial checkpointing usually beats a small one without (``bench/train_speed.py`` measures both).
+    checkpointing usually beats a small one without (``bench/train_speed.py``: 12 rows with checkpointing
+    ~37k tokens/s against 2 rows without ~12k on the 1B shape, docs/gpu.md).
     Returns (m, c, trials) where trials lists every probe for the run manifest.
     """
     trials: list[dict] = []
@@ -370,7 +371,9 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                     opt.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
 
-            micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active)
+            # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
+            micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
+                                                                       margin_layers=max(1, n_active // 8))
             if rank == 0:
                 print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
                       f"trained layer(s) with activation checkpointing (timed {len(probe_trials)} tries)",

@@ -119,6 +119,7 @@ SECONDARY_INDEXES = {
     "records_parent": "CREATE INDEX IF NOT EXISTS records_parent ON records(parent_id) WHERE parent_id IS NOT NULL",
 }
 SCHEMA_VERSION = 2  # 1: records_grp, full records_parent; 2: see SECONDARY_INDEXES
+CACHE_KIB = 65536  # SQLite page cache per connection (a bound on memory, whatever the store's size)
 
 RECORD_COLS = (
     "id, messages, source_kind, source_file, source_loc, source_ref, grp, split, origin_kind, origin, "
@@ -264,9 +265,18 @@ class Store:
         try:
             yield
         finally:
-            with self.tx() as c:
-                for sql in SECONDARY_INDEXES.values():
-                    c.execute(sql)
+            # each index sort spills to a temp file past cache_size (temp_store=MEMORY would hold the
+            # whole sort in memory, RSS growing with the store); a 16 MiB cache meanwhile bounds the
+            # sorter's memory (it takes up to cache_size) — the table is read sequentially anyway
+            self.conn.execute("PRAGMA temp_store=FILE")
+            self.conn.execute("PRAGMA cache_size=-16384")
+            try:
+                with self.tx() as c:
+                    for sql in SECONDARY_INDEXES.values():
+                        c.execute(sql)
+            finally:
+                self.conn.execute("PRAGMA temp_store=MEMORY")
+                self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     def _backfill_split_counts(self) -> None:
         """Stores created before ``split_counts`` existed: fill it once from ``groups``."""
@@ -292,7 +302,7 @@ class Store:
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA busy_timeout=60000")
             c.execute("PRAGMA foreign_keys=OFF")
-            c.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache: random-key index inserts stay in memory
+            c.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # 64 MiB page cache: random-key index inserts stay in memory
             c.execute("PRAGMA temp_store=MEMORY")
             # checkpoint every ~40 MB of WAL instead of ~4 MB: an index page dirtied by many
             # batches is copied into the database once per checkpoint, not once per batch

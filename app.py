@@ -154,25 +154,37 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 
 def keyboard_shortcuts() -> None:
-    """Map a/r/e/s/u to the action buttons of the parent page (ignored while typing)."""
+    """Map a/r/e/s/u to the action buttons of the parent page (ignored while typing).
+
+    A closed select (the reject reason right after it was picked) keeps keyboard focus; keys there go to the
+    shortcuts, not to the select's type-to-filter, so "pick a reason, press r" works without a click outside.
+    While its menu is open, typing filters the options as usual."""
     mapping = ",".join(f"'{k}':'{v}'" for k, v in SHORTCUTS.items())
     st.iframe(
         f"""<script>
         // (Re)install on every load: a listener from an iframe that Streamlit has since replaced
-        // would belong to a dead window, so the previous one is removed first.
+        // would belong to a dead window, so the previous one is removed first. Capture phase: runs before
+        // the select's own key handling.
         const doc = window.parent.document;
-        if (doc.__wbShortcuts) doc.removeEventListener('keydown', doc.__wbShortcuts);
+        if (doc.__wbShortcuts) doc.removeEventListener('keydown', doc.__wbShortcuts, true);
         doc.__wbShortcuts = function (e) {{
           const t = e.target || {{}};
           const tag = (t.tagName || '').toLowerCase();
-          if (e.ctrlKey || e.metaKey || e.altKey || tag === 'input' || tag === 'textarea' || t.isContentEditable) return;
+          const role = t.getAttribute ? t.getAttribute('role') : null;
+          const closedSelect = tag === 'input' && role === 'combobox' && t.getAttribute('aria-expanded') !== 'true';
+          if (e.ctrlKey || e.metaKey || e.altKey || tag === 'textarea' || t.isContentEditable) return;
+          if (tag === 'input' && !closedSelect) return;
           const map = {{{mapping}}};
           const key = map[(e.key || '').toLowerCase()];
           if (!key) return;
           const b = doc.querySelector('.st-key-' + key + ' button');
-          if (b && !b.disabled) {{ e.preventDefault(); b.click(); }}
+          if (b && !b.disabled) {{
+            e.preventDefault(); e.stopPropagation();
+            if (closedSelect) t.blur();
+            b.click();
+          }}
         }};
-        doc.addEventListener('keydown', doc.__wbShortcuts);
+        doc.addEventListener('keydown', doc.__wbShortcuts, true);
         </script>""",
         height=1,
     )

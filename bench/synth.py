@@ -173,6 +173,72 @@ def judge_bench(a) -> int:
     return 0
 
 
+def engine_bench(a) -> int:
+    """``--engine``: the server's engine in process, no HTTP, on ``--device`` (e.g. a GPU), with a model of
+    the embedded SmolLM2-135M's exact shape and random weights (the weights do not travel; the work per
+    token is the same).  Prompts: a shared 46-token template prefix + the 8 bench prompts' own suffix
+    lengths, ``--max-tokens`` each, no early stop.  Sequential = one row at a time; concurrent = all rows
+    admitted into one continuous batch.  The prefix cache is emptied before each pass."""
+    import types
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from synth.engine import Engine, Row
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
+                      rope_theta=100000.0, rms_norm_eps=1e-5)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(cfg).to(dev).eval()
+    lm.generation_config.eos_token_id = None
+    tok = types.SimpleNamespace(eos_token_id=None, decode=lambda ids, skip_special_tokens=True: "")
+    eng = Engine(lm, tok, max_batch=a.max_batch)
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(100, 49000, (46,), generator=g).tolist()
+    suffix_lens = [50, 25, 48, 14, 23, 28, 16, 19]  # the bench prompts' tokens after the shared template prefix
+    prompts = [prefix + torch.randint(100, 49000, (suffix_lens[i % 8],), generator=g).tolist() for i in range(a.n)]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        eng.clear_prefix_cache()
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        sync()
+        return time.perf_counter() - t, time.process_time() - c
+
+    eng.run([Row(prompts[0], 4)])  # warm-up
+    seqs, pars = [], []
+    for _ in range(a.repeats):
+        seqs.append(timed(lambda: [eng.run([Row(p, a.max_tokens)]) for p in prompts]))
+        pars.append(timed(lambda: eng.run([Row(p, a.max_tokens) for p in prompts])))
+    ts, tp = min(w for w, _ in seqs), min(w for w, _ in pars)
+    out = {
+        "what": "synth.engine in process (no HTTP): random-weight model of SmolLM2-135M's shape, sequential vs "
+                f"one continuous batch of {a.n} rows, {a.max_tokens} tokens each",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cpus, "
+                  f"{torch.get_num_threads()} torch threads)",
+        "dtype": "float32", "n_requests": a.n, "max_tokens": a.max_tokens, "max_batch": a.max_batch,
+        "sequential_s": [round(w, 3) for w, _ in seqs], "concurrent_s": [round(w, 3) for w, _ in pars],
+        "sequential_cpu_s": [round(c, 3) for _, c in seqs], "concurrent_cpu_s": [round(c, 3) for _, c in pars],
+        "speedup_concurrent_vs_sequential": round(ts / tp, 2),
+        "torch": torch.__version__,
+    }
+    if dev.type == "cpu":
+        out["machine"] = {"loadavg_1m_end": round(os.getloadavg()[0], 2), "note": "shared box: other jobs ran too"}
+    print(json.dumps(out, indent=2))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="requests per measurement (default 8)")
@@ -191,11 +257,18 @@ def main(argv=None) -> int:
                                                "with --judge bench/results/synth-judge.json)")
     ap.add_argument("--judge", action="store_true", help="measure the embedded judge instead (good vs bad examples)")
     ap.add_argument("--judge-n", type=int, default=12, help="--judge: examples per set (default 12)")
+    ap.add_argument("--engine", action="store_true",
+                    help="measure the server's engine in process on --device with random weights of the same shape "
+                         "(to see what the server allows on other hardware; the model files need not travel)")
+    ap.add_argument("--device", default="cpu", help="--engine: torch device (default cpu; e.g. cuda)")
     a = ap.parse_args(argv)
     if a.out is None:
-        a.out = str(ROOT / ("bench/results/synth-judge.json" if a.judge else "bench/results/synth.json"))
+        a.out = str(ROOT / ("bench/results/synth-judge.json" if a.judge else
+                            "bench/results/synth-engine.json" if a.engine else "bench/results/synth.json"))
     if a.judge:
         return judge_bench(a)
+    if a.engine:
+        return engine_bench(a)
 
     from curate.store import Store
     from synth.backends import OpenAIBackend, Request, RunStats, run_requests

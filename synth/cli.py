@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import SynthConfig, load_config
@@ -95,6 +96,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that sleep when idle instead of spinning: on a small CPU shared with other work,
+    # spinning torch threads that get preempted made a batch-8 decoding step 6x slower (measured: 1029 ms
+    # vs 181 ms with 2 threads); must be set before torch is imported.  An explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         from .server import main as serve_main

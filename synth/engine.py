@@ -110,6 +110,10 @@ class Engine:
         self._prefix: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.rows: list[Row] = []
         self._Buf = _buf_layer_class()
+        import inspect
+
+        # transformers renamed the forward's cache argument (past_key_values -> cache)
+        self._cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         self.kv: list | None = None  # cache layers (BufLayer), keys per layer [B, H, T, D], left-padded
         self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
         self.lock = threading.Lock()
@@ -125,12 +129,12 @@ class Engine:
 
         if layers is None:
             cache = DynamicCache()
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                          logits_to_keep=1)
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                          **{self._cache_kw: cache})
             layers = [self._Buf(lay.keys, lay.values, spare) for lay in cache.layers]
         else:
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=Cache(layers=layers),
-                          use_cache=True, logits_to_keep=1)
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                          **{self._cache_kw: Cache(layers=layers)})
         return out.logits[:, -1].float(), layers
 
     def _prefill(self, row: Row) -> None:

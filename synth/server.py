@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix-cache", type=int, default=16,
                     help="prompts whose KV cache is kept for prefix reuse (default 16; 0 = off)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (default 0 = torch's default; 1 is faster on a small, busy CPU)")
+                    help="torch CPU threads (default 0 = torch's default, one per core; python -m synth sets "
+                         "OMP_WAIT_POLICY=PASSIVE unless it is set, so idle threads sleep instead of spinning)")
     a = ap.parse_args(argv)
     srv, _ = serve(a.host, a.port, a.model, a.max_batch, a.batch_wait, request_timeout_s=a.request_timeout,
                    threads=a.threads or None, prefix_cache=a.prefix_cache)

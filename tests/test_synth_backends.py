@@ -309,3 +309,34 @@ def test_openai_judge_reads_score_token_probabilities_and_falls_back_to_text(sto
     out3 = run_requests(be, [Request(msgs, p2)])
     assert out3[0].data["probs"] is None and rw.judge_result(out3[0].data) == {"score": 2.0, "rationale": "",
                                                                                "parse": "pattern"}
+
+
+def test_batched_backend_gets_each_rows_params_and_scoring_requests(store):
+    class PerRow(FakeBatched):
+        per_row_params = True
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def complete_many(self, convs, params):
+            self.seen.append(params)
+            return [f"{c[-1]['content']}@{p['seed']}" for c, p in zip(convs, params)]
+
+        def score_many(self, convs, params):
+            self.seen.append(("score", params))
+            return [{"text": "Score: 4", "probs": {"4": 0.5, "5": 0.5}, "via": "logprobs"} for _ in convs]
+
+    be = PerRow()
+    reqs = [Request([{"role": "user", "content": f"q{i}"}], {"max_tokens": 4, "seed": 100 + i}) for i in range(5)]
+    out = run_requests(be, reqs, store=store)
+    assert [r.text for r in out] == [f"q{i}@{100 + i}" for i in range(5)]  # each row sampled with its own seed
+    assert [len(p) for p in be.seen] == [4, 1]
+    sreq = [Request([{"role": "user", "content": "x"}], {"max_tokens": 2, "score": {"choices": ["4", "5"]}})]
+    res = run_requests(be, sreq, store=store)
+    assert be.seen[-1][0] == "score" and res[0].data["probs"] == {"4": 0.5, "5": 0.5} and res[0].text == "Score: 4"
+    assert run_requests(be, sreq, store=store)[0].data == res[0].data and len(be.seen) == 3  # cached with its data
+    # a backend without score/score_many answers scoring requests in text (the "score" key is not sent on)
+    plain = FakeBatched()
+    r = run_requests(plain, sreq)
+    assert r[0].data == {"text": "echo:x", "probs": None, "via": "text"}

@@ -3,7 +3,8 @@
 This module owns the arithmetic behind ``curate dedup`` / ``curate leakage``;
 it knows nothing about the store. Everything works on *batches* of texts and
 returns numpy arrays, never per-document Python objects, so a million
-signatures are one ``(n, k)`` ``uint32`` matrix (128 × 4 B = 512 B a record).
+signatures are one ``(n, k)`` ``uint32`` matrix (128 × 4 B = 512 B a record),
+and the near detector keeps only their LSH band keys (16 × 8 B = 128 B a record).
 
 Normalisation (:func:`normalize`)
 ---------------------------------
@@ -481,8 +482,12 @@ def lsh_keys_of(texts: Sequence[str], kind: str, k: int, b: int, r: int, batch: 
     :func:`band_keys` gives on the rows of :func:`signatures_of`, without keeping the
     signatures (b·8 bytes a record instead of k·4: 128 B instead of 512 B at 16 bands).
     Texts without words have exact hash 0 and key 0 (leave them out of the LSH)."""
-    if b * r > k:
-        raise ValueError(f"b·r = {b * r} exceeds the signature length {k}")
+    if kind not in ("word", "char"):
+        raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    if k & (k - 1) or not 8 <= k <= 1024:
+        raise ValueError(f"num_perm must be a power of two in [8, 1024], got {k}")
+    if b < 1 or r < 1 or b * r > k:
+        raise ValueError(f"bands × rows = {b} × {r} must be ≥ 1 and fit in the signature length {k}")
     kernel_mod = _jit_module() if jit is not False else None
     n = len(texts)
     keys = np.zeros((b, n), U64)

@@ -175,6 +175,10 @@ def test_band_keys_without_signatures_match_signature_band_keys(jit):
         assert np.array_equal(keys[band, ok], mh.band_keys(sig[ok], band, r))
     rows = np.flatnonzero(ok)
     assert np.array_equal(mh.lsh_candidates_keys(keys, rows, jit=jit), mh.lsh_candidates(sig, b, r, rows, jit=False))
+    with pytest.raises(ValueError, match="num_perm"):
+        mh.lsh_keys_of(texts, "word", 100, 16, 6)
+    with pytest.raises(ValueError, match="fit in the signature length"):
+        mh.lsh_keys_of(texts, "word", 64, 16, 6)
 
 
 def test_union_find_and_exact_pairs():

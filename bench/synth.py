@@ -1,21 +1,26 @@
 """Synthesis throughput benchmark against the local OpenAI-compatible server.
 
-Starts :mod:`synth.server` (embedded SmolLM2, batching up to ``--max-batch``)
-on 127.0.0.1 in a child process, then sends the same ``--n`` chat requests
-(paraphrase prompts built from BANKING77 demo texts, ``--max-tokens`` each,
+Starts :mod:`synth.server` (embedded SmolLM2, continuous batching up to ``--max-batch``,
+prefix cache) on 127.0.0.1 in a child process, then sends the same ``--n`` chat
+requests (paraphrase prompts built from BANKING77 demo texts, ``--max-tokens`` each,
 greedy) through :class:`synth.backends.OpenAIBackend` and
 :func:`synth.backends.run_requests`:
 
-1. sequential (concurrency 1, no cache),
-2. concurrency ``--concurrency`` (default 8, no cache),
-3. a cached run into a fresh store (concurrency 8, every answer written to the
-   ``synth`` cache), then the same requests again (all cache hits).
+1. sequential (concurrency 1, no cache) and concurrency ``--concurrency`` (default 8,
+   no cache), alternating, ``--repeats`` times each (the best of each is compared); the
+   server's prefix cache is emptied before every pass (``POST /reset_prefix_cache``);
+2. a cached run into a fresh store, then the same requests again (all cache hits).
 
-Prints JSON and writes it to ``bench/results/synth.json`` (``--out``)::
+Per pass it records wall seconds, the server process's CPU seconds, and the engine's
+profile from ``GET /health``: prefill and decode seconds and tokens, decode steps,
+rows per step, decode step time.  Prints JSON and writes ``bench/results/synth.json``
+(``--out``)::
 
-    python bench/synth.py                       # n=8, max_tokens=16, max_batch=8, torch's default threads
-    python bench/synth.py --max-batch 1 --out bench/results/synth-nobatch.json
-    python bench/synth.py --threads 1 --out bench/results/synth-1thread.json   # a small CPU busy with other work
+    python bench/synth.py                      # n=8, max_tokens=16, max_batch=8, 1 server thread
+    python bench/synth.py --threads 0 --out bench/results/synth-2threads-passive.json   # torch's default
+    python bench/synth.py --n 32 --max-tokens 64 --repeats 1 --out bench/results/synth-1thread-n32-64tok.json
+    python bench/synth.py --judge              # the embedded judge: good vs bad examples
+    python bench/synth.py --engine --device cuda   # the engine alone, random weights, any device
 
 Targets (issue 6): concurrency 8 >= 4x sequential *when the server can batch*;
 cached rerun >= 100x faster than the first run.  CPU batching gains are bounded
@@ -247,12 +252,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=8, help="server batch limit (1 = no batching)")
     ap.add_argument("--batch-wait", type=float, default=0.1,
                     help="seconds the server's batcher waits for more requests (default 0.1; the server's own default is 0.02)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="server torch threads (default 0 = torch's default; on a small CPU busy with other work "
-                         "1 thread can be several times faster than preempted OpenMP threads)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="server torch threads (default 1: on the shared 2-core box 1 thread beat 2 even with "
+                         "passive OpenMP waiting; 0 = torch's default)")
     ap.add_argument("--prefix-cache", type=int, default=16, help="server prefix cache entries (0 = off)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="sequential/concurrent pairs measured, alternating; the best of each is compared (default 2)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also start the server of git revision REV (its synth/ package) and measure it in alternation "
+                         "on the same requests, e.g. 65d145d (the server before continuous batching)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/synth.json; "
                                                "with --judge bench/results/synth-judge.json)")
     ap.add_argument("--judge", action="store_true", help="measure the embedded judge instead (good vs bad examples)")
@@ -280,64 +288,97 @@ def main(argv=None) -> int:
     warm = allt[a.n : a.n + 2]
     reqs = [Request(render("paraphrase", text=t), {"max_tokens": a.max_tokens, "temperature": 0.0}) for t in texts]
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), "--max-batch", str(a.max_batch),
-                             "--threads", str(a.threads), "--batch-wait", str(a.batch_wait),
-                             "--prefix-cache", str(a.prefix_cache)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # the same for both servers
     tick = os.sysconf("SC_CLK_TCK")
+    serve_args = ["--max-batch", str(a.max_batch), "--threads", str(a.threads), "--batch-wait", str(a.batch_wait)]
 
-    def server_cpu() -> float:  # user + system CPU seconds of the server process
+    def start(cwd: Path, extra: list[str], pythonpath: str | None = None) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        e = dict(env, PYTHONPATH=pythonpath) if pythonpath else env
+        p = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), *serve_args, *extra],
+                             cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return p, f"http://127.0.0.1:{port}"
+
+    def server_cpu(proc) -> float:  # user + system CPU seconds of a server process
         f = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(f[11]) + int(f[12])) / tick
 
-    def phase(concurrency: int, store=None, stats=None) -> tuple[list, dict]:
-        """One measured pass over ``reqs``; the server's prefix cache is emptied first, so every pass
-        prefills the shared template once and reuses it (sequential and concurrent alike)."""
-        if store is None:
+    def phase(srv, concurrency: int, store=None, stats=None) -> tuple[list, dict]:
+        """One measured pass over ``reqs``.  On the new server the prefix cache is emptied first, so every
+        pass prefills the shared template once and reuses it (sequential and concurrent alike)."""
+        proc, url, be, engine = srv
+        if engine and store is None:
             urllib.request.urlopen(urllib.request.Request(url + "/reset_prefix_cache", data=b"", method="POST"),
                                    timeout=10).read()
-        h0, c0, t0 = health(url), server_cpu(), time.perf_counter()
+        h0, c0, t0 = health(url), server_cpu(proc), time.perf_counter()
         res = run_requests(be, reqs, store=store, concurrency=concurrency, stats=stats)
-        wall, cpu, h1 = time.perf_counter() - t0, server_cpu() - c0, health(url)
-        d = {k: round(h1[k] - h0[k], 3) for k in ("decode_steps", "row_steps", "prefill_tokens", "prefix_reused_tokens",
-                                                   "prefill_s", "decode_s")}
-        d["mean_decode_batch"] = round(d["row_steps"] / d["decode_steps"], 2) if d["decode_steps"] else None
-        d["decode_step_ms"] = round(1000 * d["decode_s"] / d["decode_steps"], 1) if d["decode_steps"] else None
-        d["prefill_ms_per_token"] = round(1000 * d["prefill_s"] / d["prefill_tokens"], 2) if d["prefill_tokens"] else None
-        out = {"seconds": round(wall, 3), "req_per_s": round(len(reqs) / wall, 3), "server_cpu_s": round(cpu, 2),
-               "prefill_share_of_engine_time": round(d["prefill_s"] / max(1e-9, d["prefill_s"] + d["decode_s"]), 3),
-               "engine": d}
+        wall, cpu, h1 = time.perf_counter() - t0, server_cpu(proc) - c0, health(url)
+        out = {"seconds": round(wall, 3), "req_per_s": round(len(reqs) / wall, 3), "server_cpu_s": round(cpu, 2)}
+        if engine:
+            d = {k: round(h1[k] - h0[k], 3) for k in ("decode_steps", "row_steps", "prefill_tokens",
+                                                       "prefix_reused_tokens", "prefill_s", "decode_s")}
+            d["mean_decode_batch"] = round(d["row_steps"] / d["decode_steps"], 2) if d["decode_steps"] else None
+            d["decode_step_ms"] = round(1000 * d["decode_s"] / d["decode_steps"], 1) if d["decode_steps"] else None
+            d["prefill_ms_per_token"] = round(1000 * d["prefill_s"] / d["prefill_tokens"], 2) if d["prefill_tokens"] else None
+            out["prefill_share_of_engine_time"] = round(d["prefill_s"] / max(1e-9, d["prefill_s"] + d["decode_s"]), 3)
+            out["engine"] = d
+        else:
+            out["server_batches"] = h1["batches"] - h0["batches"]
         return res, out
 
+    servers = []
+    old_dir = None
     try:
-        wait_ready(url, proc)
-        be = OpenAIBackend("smollm2", base_url=url + "/v1", timeout_s=600)
-        run_requests(be, [Request(render("paraphrase", text=t), reqs[0].params) for t in warm], concurrency=2)  # warm-up
-        seqs, pars = [], []
-        for _ in range(a.repeats):  # alternate, so slow spells of the shared machine hit both
-            seq, m = phase(1)
+        proc, url = start(ROOT, ["--prefix-cache", str(a.prefix_cache)])
+        servers.append((proc, url, None, True))
+        if a.baseline:
+            old_dir = tempfile.mkdtemp(prefix="synth-baseline-")
+            arch = subprocess.run(["git", "archive", a.baseline, "synth"], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", old_dir], input=arch, check=True)
+            p2, u2 = start(Path(old_dir), [], pythonpath=f"{old_dir}{os.pathsep}{ROOT}")
+            servers.append((p2, u2, None, False))
+        for i, (p, u, _, eng) in enumerate(servers):
+            wait_ready(u, p)
+            be_i = OpenAIBackend("smollm2", base_url=u + "/v1", timeout_s=600)
+            servers[i] = (p, u, be_i, eng)
+            run_requests(be_i, [Request(render("paraphrase", text=t), reqs[0].params) for t in warm], concurrency=2)
+        new, old = servers[0], (servers[1] if a.baseline else None)
+        seqs, pars, oseqs, opars = [], [], [], []
+        for _ in range(a.repeats):  # alternate, so slow spells of the shared machine hit both (and both servers)
+            seq, m = phase(new, 1)
             seqs.append(m)
-            par, m = phase(a.concurrency)
+            if old:
+                oseq, m = phase(old, 1)
+                oseqs.append(m)
+            par, m = phase(new, a.concurrency)
             pars.append(m)
+            if old:
+                opar, m = phase(old, a.concurrency)
+                opars.append(m)
         with tempfile.TemporaryDirectory() as d:
             store = Store(Path(d) / "store.sqlite")
             st1 = RunStats()
             t = time.perf_counter()
-            phase(a.concurrency, store=store, stats=st1)
+            phase(new, a.concurrency, store=store, stats=st1)
             t_first = time.perf_counter() - t
             st2 = RunStats()
             t = time.perf_counter()
-            cached = run_requests(be, reqs, store=store, concurrency=a.concurrency, stats=st2)
+            cached = run_requests(new[2], reqs, store=store, concurrency=a.concurrency, stats=st2)
             t_cached = time.perf_counter() - t
             store.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p, *_ in servers:
+            p.terminate()
+            p.wait(timeout=30)
+        if old_dir:
+            import shutil
+
+            shutil.rmtree(old_dir, ignore_errors=True)
 
     assert all(r.text is not None for r in seq + par + cached)
+    if a.baseline:
+        assert all(r.text is not None for r in oseq + opar)
     same = sum(x.text == y.text for x, y in zip(seq, par))
     t_seq = min(m["seconds"] for m in seqs)
     t_par = min(m["seconds"] for m in pars)
@@ -369,6 +410,19 @@ def main(argv=None) -> int:
         "server": "synth.server (stdlib http + synth.engine continuous batching, per-row prefill, prefix KV cache; "
                   "transformers forward, fp32)",
     }
+    if a.baseline:
+        ots, otp = min(m["seconds"] for m in oseqs), min(m["seconds"] for m in opars)
+        out["baseline"] = {
+            "rev": a.baseline, "what": "the server of that revision, started beside the new one and measured in "
+                                       "alternation with it on the same requests",
+            "sequential": oseqs, f"concurrency_{a.concurrency}": opars,
+            "speedup_concurrent_vs_sequential": round(ots / otp, 2),
+            "new_vs_baseline_sequential": round(ots / t_seq, 2),
+            f"new_vs_baseline_concurrency_{a.concurrency}": round(otp / t_par, 2),
+            f"new_vs_baseline_concurrency_{a.concurrency}_server_cpu_s":
+                round(min(m["server_cpu_s"] for m in opars) / c_par, 2),
+            "same_answers_new_vs_baseline": f"{sum(x.text == y.text for x, y in zip(par, opar))}/{a.n}",
+        }
     print(json.dumps(out, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")

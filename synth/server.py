@@ -160,6 +160,7 @@ class EngineBatcher:
     a row leaves the batch the step it finishes — or the step after its client left (``Job.gone``).
     ``runs`` holds one record per request generated: batch size when admitted, max_tokens, steps
     (tokens generated), prefilled (prompt tokens computed, the rest came from the prefix cache), cancelled.
+    The engine is this thread's alone: do not call the same backend's ``complete*`` meanwhile.
     """
 
     def __init__(self, backend, max_batch: int = 8, batch_wait_s: float = 0.02, max_runs: int = 10000):

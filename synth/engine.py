@@ -217,7 +217,7 @@ class Engine:
             self._prefill(row)
 
     def _pick(self, row: Row, logits: torch.Tensor) -> int:
-        logp = torch.log_softmax(logits, -1)
+        logp = torch.log_softmax(logits, -1) if (row.want_logprobs or row.choices is not None) else None
         if row.choices is not None and row.choice_probs is None:
             row.choice_probs = logp[row.choices].exp().tolist()
         if row.temperature > 0:

@@ -149,13 +149,15 @@ class Engine:
                 best, best_kv = i, kv
         if best < self.min_prefix:
             best, best_kv = 0, None
-        spare = len(ids) - best + row.max_new + 1
+        # room for the prompt's rest only: the row decodes in the batch's buffers (copied in by _join), and
+        # these buffers live on as a prefix-cache entry, so they should hold no unused capacity
+        spare = len(ids) - best
         kv = [self._Buf(k[:, :, :best], v[:, :, :best], spare) for k, v in best_kv] if best_kv else None
         rest = torch.tensor([ids[best:]], device=self.device)
         mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
         pos = torch.arange(best, len(ids), device=self.device)[None]
         t = time.perf_counter()
-        logits, layers = self._forward(rest, mask, pos, kv, row.max_new + 1)
+        logits, layers = self._forward(rest, mask, pos, kv, 0)
         kv = [(lay.keys, lay.values) for lay in layers]  # views of the row's buffers: positions < len(ids) stay as they are
         self.stats["prefill_s"] += time.perf_counter() - t
         self.stats["prefill_tokens"] += len(ids) - best

@@ -65,7 +65,20 @@ class Job:
         return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
 
 
-class Batcher:
+class _Queued:
+    """What both batchers share: a job queue that their ``_loop`` thread drains."""
+
+    q: queue.Queue
+
+    def submit_job(self, job: Job) -> Job:
+        self.q.put(job)
+        return job
+
+    def submit(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None) -> Future:
+        return self.submit_job(Job(messages, params, deadline)).future
+
+
+class Batcher(_Queued):
     def __init__(self, backend, max_batch: int = 8, batch_wait_s: float = 0.02):
         self.backend = backend
         self.max_batch = max(1, max_batch)
@@ -81,12 +94,6 @@ class Batcher:
         self._t = threading.Thread(target=self._loop, daemon=True, name="batcher")
         self._t.start()
 
-    def submit_job(self, job: Job) -> Job:
-        self.q.put(job)
-        return job
-
-    def submit(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None) -> Future:
-        return self.submit_job(Job(messages, params, deadline)).future
 
     def _drop(self, job: Job) -> None:
         self.stats["dropped_queued"] += 1
@@ -152,7 +159,7 @@ class Batcher:
 _RESET = object()
 
 
-class EngineBatcher:
+class EngineBatcher(_Queued):
     """Continuous batching over a backend's :class:`synth.engine.Engine` (the local model).
 
     One thread owns the engine.  Between two decoding steps it admits every queued request (up to
@@ -175,12 +182,6 @@ class EngineBatcher:
         self._t = threading.Thread(target=self._loop, daemon=True, name="engine")
         self._t.start()
 
-    def submit_job(self, job: Job) -> Job:
-        self.q.put(job)
-        return job
-
-    def submit(self, messages: list[dict[str, str]], params: dict[str, Any], deadline: float | None = None) -> Future:
-        return self.submit_job(Job(messages, params, deadline)).future
 
     def health(self) -> dict[str, Any]:
         st = self.engine.stats

@@ -153,6 +153,17 @@ def doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k, kd):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
+def _scratch(offs, k):
+    """Per-call scratch of the kernels: word hashes, word lengths and shingle hashes sized for the
+    longest document of ``offs``, and the k-entry buffers of :func:`doc_signature`."""
+    longest = 0
+    for d in range(offs.shape[0] - 1):
+        longest = max(longest, offs[d + 1] - offs[d])
+    return (np.empty(longest + 2, np.uint64), np.empty(longest + 2, np.uint8), np.empty(longest + 2, np.uint64),
+            np.empty(k, np.uint32), np.empty(k, np.int64))
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
 def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig, exact):
     """Signatures (rows of ``sig``, pre-filled with EMP) and exact hashes of documents
     ``buf[offs[d]:offs[d+1]]``. ``buf``: UTF-8; texts with non-ASCII characters must
@@ -161,20 +172,27 @@ def kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t, sig
     ``pw_tab[i] = P^i`` for i up to the longest document (no multiply chain per byte).
     ``seq_t[t, c]``: the bin that empty bin ``c`` borrows from at step ``t``."""
     n_docs = offs.shape[0] - 1
-    longest = 0
-    for d in range(n_docs):
-        longest = max(longest, offs[d + 1] - offs[d])
-    wh = np.empty(longest + 2, np.uint64)
-    nb = np.empty(longest + 2, np.uint8)
-    sh = np.empty(longest + 2, np.uint64)
-    orig = np.empty(k, np.uint32)
-    idx = np.empty(k, np.int64)
+    wh, nb, sh, orig, idx = _scratch(offs, k)
     for d in range(n_docs):
         cnt, ex = doc_shingles(buf, offs[d], offs[d + 1], table, pw_tab, char_mode, n, wh, nb, sh)
         exact[d] = ex
         if cnt == 0:
             continue
         doc_signature(sh, cnt, sig[d], orig, idx, seq_t, seedmix, shift, k, k)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _row_band_keys(row, b, r, hb):
+    """The ``b`` band keys of one signature row into ``hb``: all bands at once, b independent chains
+    (the key of :func:`curate.minhash.band_keys`)."""
+    for band in range(b):
+        hb[band] = np.uint64(band + 1) * GOLD
+    for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)
+        for band in range(b):
+            x = np.uint64(row[band * r + c])
+            if c + 1 < r:
+                x |= np.uint64(row[band * r + c + 1]) << S32
+            hb[band] = mix(hb[band] ^ x)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -184,14 +202,7 @@ def keys_kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t
     :func:`band_keys`; left untouched for empty documents, whose exact hash is 0): the
     (n, k) signature matrix is never materialised (b·8 bytes a record instead of k·4)."""
     n_docs = offs.shape[0] - 1
-    longest = 0
-    for d in range(n_docs):
-        longest = max(longest, offs[d + 1] - offs[d])
-    wh = np.empty(longest + 2, np.uint64)
-    nb = np.empty(longest + 2, np.uint8)
-    sh = np.empty(longest + 2, np.uint64)
-    orig = np.empty(k, np.uint32)
-    idx = np.empty(k, np.int64)
+    wh, nb, sh, orig, idx = _scratch(offs, k)
     row = np.empty(k, np.uint32)
     hb = np.empty(b, np.uint64)
     for d in range(n_docs):
@@ -201,14 +212,7 @@ def keys_kernel(buf, offs, table, pw_tab, char_mode, n, k, shift, seedmix, seq_t
             continue
         row[:] = EMP
         doc_signature(sh, cnt, row, orig, idx, seq_t, seedmix, shift, k, b * r)
-        for band in range(b):
-            hb[band] = np.uint64(band + 1) * GOLD
-        for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)
-            for band in range(b):
-                x = np.uint64(row[band * r + c])
-                if c + 1 < r:
-                    x |= np.uint64(row[band * r + c + 1]) << S32
-                hb[band] = mix(hb[band] ^ x)
+        _row_band_keys(row, b, r, hb)
         for band in range(b):
             keys[band, d] = hb[band]
 
@@ -222,14 +226,7 @@ def band_keys(sig, rows, b, r):
     hb = np.empty(b, np.uint64)
     for i in range(n):
         row = sig[rows[i]]
-        for band in range(b):
-            hb[band] = np.uint64(band + 1) * GOLD
-        for c in range(0, r, 2):  # two values per 64-bit word (see curate.minhash.band_keys)
-            for band in range(b):
-                x = np.uint64(row[band * r + c])
-                if c + 1 < r:
-                    x |= np.uint64(row[band * r + c + 1]) << S32
-                hb[band] = mix(hb[band] ^ x)
+        _row_band_keys(row, b, r, hb)
         for band in range(b):
             keys[band, i] = hb[band]
     return keys
@@ -378,6 +375,21 @@ def shingle_hashes(buf, offs, table, pw_tab, char_mode, n, out, out_offs):
     return pos
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _slot(key, stamp, g, x, sh, mask):
+    """Slot of ``x`` in the open-addressing table of pair ``g``; inserts it when absent.
+    Returns (slot, True when it was absent)."""
+    s = np.int64((x * GOLD) >> sh)
+    while True:
+        if stamp[s] != g:
+            stamp[s] = g
+            key[s] = x
+            return s, True
+        if key[s] == x:
+            return s, False
+        s = (s + 1) & mask
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def jaccard_pairs(hs, offs, a, b, inter, union):
     """|A∩B| and |A∪B| of the shingle sets ``A = set(hs[offs[a[p]]:offs[a[p]+1]])`` and
@@ -401,36 +413,20 @@ def jaccard_pairs(hs, offs, a, b, inter, union):
         g = p + 1
         da = 0
         for i in range(offs[a[p]], offs[a[p] + 1]):
-            x = hs[i]
-            s = np.int64((x * GOLD) >> sh)
-            while True:
-                if stamp[s] != g:
-                    stamp[s] = g
-                    key[s] = x
-                    side[s] = 1
-                    da += 1
-                    break
-                if key[s] == x:
-                    break
-                s = (s + 1) & mask
+            slot, new = _slot(key, stamp, g, hs[i], sh, mask)
+            if new:
+                side[slot] = 1
+                da += 1
         c = 0
         db = 0
         for j in range(offs[b[p]], offs[b[p] + 1]):
-            x = hs[j]
-            s = np.int64((x * GOLD) >> sh)
-            while True:
-                if stamp[s] != g:
-                    stamp[s] = g
-                    key[s] = x
-                    side[s] = 2
-                    db += 1
-                    break
-                if key[s] == x:
-                    if side[s] == 1:
-                        side[s] = 3
-                        c += 1
-                    break
-                s = (s + 1) & mask
+            slot, new = _slot(key, stamp, g, hs[j], sh, mask)
+            if new:
+                side[slot] = 2
+                db += 1
+            elif side[slot] == 1:
+                side[slot] = 3
+                c += 1
         inter[p] = c
         union[p] = da + db
 

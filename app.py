@@ -28,7 +28,6 @@ import hmac
 import html
 import os
 import re
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

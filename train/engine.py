@@ -2,7 +2,7 @@
 
 A plain PyTorch loop over pre-tokenized examples, with the same template, masks, LoRA config and
 optimizer semantics as the TRL engine (``engine = "trl"``, kept as the reference), plus what makes it
-cheaper, each exact (``tests/test_engine.py`` checks them against the plain HF loss):
+cheaper, each exact (``tests/test_train.py`` and ``tests/test_engine_micro.py`` check them against the plain path):
 
 * **packing per step**: the ``batch_size × grad_accum`` examples of a step are packed first-fit into rows
   of ``max_length`` tokens with per-example position ids (block-diagonal attention, :mod:`train.packing`),
@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from .kernels import apply_liger, liger_available, linear_cross_entropy
+from .kernels import liger_available, linear_cross_entropy
 from .packing import IGNORE, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step

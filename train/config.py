@@ -33,7 +33,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     epochs: float = _f(3.0, "passes over the train split (ignored when max_steps > 0)")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: use epochs)")
-    batch_size: int = _f(8, "examples per device per step")
+    batch_size: int = _f(8, "examples per device per step (on a GPU use >= ~24 chat-length examples, about 8k "
+                                 "tokens, or --grad_accum: tiny steps leave it idle; docs/gpu.md)")
     grad_accum: int = _f(1, "gradient accumulation steps (effective batch = batch_size × grad_accum)")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens")
     packing: bool = _f(False, "trl engine: pack several examples per row (position ids reset per example, no "
@@ -41,8 +42,8 @@ class TrainConfig:
     seed: int = _f(42, "random seed (data order, LoRA init)")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
     quantization: str = _f("auto", "auto (NF4 QLoRA on CUDA, none on CPU) | nf4 | none")
-    gpu_memory_gib: float = _f(0.0, "fast engine on CUDA: cap GPU memory at this many GiB (0: the whole GPU). Over the "
-                                    "cap, activation checkpointing goes on first, then micro-batches are halved")
+    gpu_memory_gib: float = _f(0.0, "fast engine on CUDA: cap GPU memory at this many GiB (0: the whole GPU). The "
+                                    "micro-batch and checkpointed layers are timed under the cap before step 1")
     save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
     logging_steps: int = _f(5, "log loss every N steps")
     output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")

@@ -149,6 +149,16 @@ def _username_at_keyword(text: str, low: str) -> bool:
     return False
 
 
+def needs_scrub(text: str) -> bool:
+    """False only when ``scrub(text)`` (no known values) is sure to return ``text`` unchanged with
+    no findings: ASCII text without an ``@``, a digit or the keywords ``login``/``user``/``name``
+    (the same cheap checks :func:`scrub` starts with). Most chat text; the ingest skips it."""
+    if not text.isascii() or "@" in text or _has_ascii_digit(text):
+        return True
+    low = text.lower()
+    return "login" in low or "user" in low or "name" in low
+
+
 def scrub(
     text: str,
     known_names: Iterable[str] = (),

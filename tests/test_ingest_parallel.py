@@ -99,14 +99,15 @@ def test_batches_built_by_the_writer_give_the_same_result(tmp_path, monkeypatch)
     monkeypatch.setattr(ingest, "_cores", lambda: 2)
     monkeypatch.setattr(ingest._Balance, "__call__", lambda self: next(flip))
     handed = []
-    real = ingest._split
+    real = ingest.tickets.build_batch
 
-    def spy(items):
-        out = real(items)
+    def spy(chunk):
+        out = real(chunk)
         handed.append(out[3])
         return out
 
-    monkeypatch.setattr(ingest, "_split", spy)  # in this (writer) process: called for handed-over batches only
+    # in this (writer) process with a reader process: called for handed-over batches only
+    monkeypatch.setattr(ingest.tickets, "build_batch", spy)
     reps = {}
     for w in (0, 1):
         store = open_store(tmp_path / f"ws{w}")
@@ -117,3 +118,41 @@ def test_batches_built_by_the_writer_give_the_same_result(tmp_path, monkeypatch)
     assert reps[0] == reps[1] and reps[1]["added"] == 3000 and reps[1]["rejected"] == 1
     assert len(handed) >= 3  # batches 2, 4, 6 (of 8) were built by the writer
     assert _state(tmp_path / "ws0") == _state(tmp_path / "ws1")
+
+
+def test_build_batch_matches_the_generic_path():
+    """``tickets.build_batch`` (store rows straight from the strings) gives exactly the rows and rejects
+    of the generic path (Example objects, make_example, prepare_row) for plain and odd rows alike."""
+    from curate.ingest import _split
+    from curate.ingest.common import ReadOptions
+    from curate.ingest.tickets import _process_chunk, _resolve_columns, build_batch
+
+    texts = ["plain question", "  padded\tturn\r\n\n\n\nwith  runs  ", "mail me at a.b@x.com", "call 415-555-1234",
+             "my name is John Smith", "login is bob_1", "user id is u_9", "Café ünïcode ok", "quote \" and \\ slash",
+             "card 4111 1111 1111 1111", "   ", "", "order number 1234567890", "\u00a0nbsp\u2003space", "\x1fctl",
+             "tab\there", "dup", "dup"]
+    rows = []
+    for i, t in enumerate(texts):
+        rows.append((f"row {i}", {"tid": f"T{i % 5}" if i % 3 else "", "subject": t[:4], "text": t,
+                                   "reply": texts[-1 - i] or "ok", "category": f"c{i % 3}" if i % 4 else ""}, None))
+    rows.append(("row 99", None, "row has 3 fields, header has 2"))
+    rows.append(("row 100", {"tid": 7, "subject": None, "text": 12, "reply": "r", "category": 3}, None))
+    cols = ["tid", "subject", "text", "reply", "category"]
+    mappings = [
+        {"columns": {"user": "text", "assistant": "reply", "label": "category", "group": "tid"}},
+        {"system": "Be nice.\n\n\n", "columns": {"user_template": "{subject}\n\n{text}", "assistant": "reply"}},
+        {"columns": {"user": "text", "assistant_template": "{reply} / {category}", "label": "category"}},
+        {"columns": {"user_template": "{nope}", "assistant": "reply"}},
+        {"columns": {"user": "text", "assistant": "reply", "names": ["subject"]}},
+        {"system": "   ", "columns": {"user": "text", "assistant": "reply"}},
+    ]
+    for mapping in mappings:
+        for opts in (ReadOptions(mapping=mapping), ReadOptions(mapping=mapping, scrub_pii=False)):
+            m = _resolve_columns(cols, mapping, "f.csv")
+            chunk = (rows, "f.csv", mapping, opts, m)
+            want = _split(_process_chunk(chunk))
+            got = build_batch(chunk)
+            strip = lambda rs: [r[:13] + r[14:] for r in rs]  # created_at: the clock
+            assert strip(got[0]) == strip(want[0]), mapping
+            assert [r.to_dict() for r in got[1]] == [r.to_dict() for r in want[1]], mapping
+            assert got[2:] == want[2:]

@@ -203,6 +203,10 @@ def _split(items: Iterable[Any]) -> tuple[list[list], list[Reject], list[Chunk],
     return rows, rejects, chunks, n
 
 
+def _never() -> bool:
+    return False
+
+
 def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None, opts: ReadOptions | None,
             batch_size: int, workers: int, pool_box: list, writer_builds: Any = None) -> Iterator[tuple]:
     """What the readers make of ``files``, in file order: ``("file", i, kind)`` when file ``i`` starts,
@@ -219,9 +223,9 @@ def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None,
             items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
         else:
             o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
-            if writer_builds is not None and k == "tickets" and tickets.can_read_parallel(path, o):
-                for what, x in tickets.read_shared(path, o, batch_size, writer_builds):
-                    yield ("raw", i, x) if what == "raw" else ("batch", i, *_split(x))
+            if (writer_builds is not None or workers <= 1) and k == "tickets" and tickets.can_read_parallel(path, o):
+                for what, x in tickets.read_shared(path, o, batch_size, writer_builds or _never):
+                    yield ("raw", i, x) if what == "raw" else ("batch", i, *x)
                 continue
             if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
                 if not pool_box:
@@ -400,9 +404,9 @@ def ingest_paths(
                     report.files.append(fr)
                     continue
                 if ev[0] == "raw":  # a batch the reader process left to this one (work sharing)
-                    from .tickets import _process_chunk
+                    from .tickets import build_batch
 
-                    rows, rj_buf, ch_buf, n = _split(_process_chunk(ev[2]))
+                    rows, rj_buf, ch_buf, n = build_batch(ev[2])
                 else:
                     _, _, rows, rj_buf, ch_buf, n = ev
                 # one transaction per batch: records, chunks and rejects land together or not at all

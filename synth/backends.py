@@ -151,8 +151,8 @@ class OpenAIBackend:
             extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         r = self._create(messages, p, **extra)
         text = r.choices[0].message.content or ""
-        if sc.get("prefill") and prefix:
-            text = prefix + text
+        if sc.get("prefill") and prefix and not text.startswith(prefix):
+            text = prefix + text  # vLLM answers the continuation only; llama.cpp repeats the prefix
         lp = getattr(r.choices[0], "logprobs", None)
         content = getattr(lp, "content", None) if lp is not None else None
         if not content:

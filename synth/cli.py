@@ -6,6 +6,7 @@ Verbs:
             heuristics), store the survivors as pending synthetic records and log
             every candidate with its scores and reason.
   serve     a small OpenAI-compatible server for a local model (synth.server; tests, bench).
+  serve-llamacpp  llama.cpp's own OpenAI-compatible server on a GGUF (synth.llamacpp; xllamacpp wheel).
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="OpenAI-compatible server for a local model (see python -m synth serve --help)",
                    add_help=False)
+    sub.add_parser("serve-llamacpp", help="llama.cpp's OpenAI-compatible server on a GGUF (default: the embedded "
+                   "SmolLM2), in process via xllamacpp (see python -m synth serve-llamacpp --help)", add_help=False)
     return p
 
 
@@ -105,5 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from .server import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["serve-llamacpp"]:
+        from .llamacpp import main as llamacpp_main
+
+        return llamacpp_main(argv[1:])
     a = build_parser().parse_args(argv)
     return cmd_generate(a)

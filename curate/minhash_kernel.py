@@ -30,7 +30,8 @@ S30, S27, S31, S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 ONE, ZERO, FIVES, M32 = np.uint64(1), np.uint64(0), np.uint64(0x5555), np.uint64(0xFFFFFFFF)
 CAP, EMP = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)
 SPACE = np.uint8(32)
-PART = 4096  # LSH bucket partition size (see bucket_pairs)
+PART = 2048  # LSH bucket partition size (see bucket_pairs)
+FREE = np.uint64(0xFFFFFFFFFFFFFFFF)  # free slot of a bucket_pairs table (positions < 2^31: never an entry)
 SP8, LO8, HI8 = np.uint64(0x2020202020202020), np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
 FF = np.uint64(0xFF)
 PAD = 16  # spaces after a document in the translated scratch (8-byte loads never leave it)
@@ -331,11 +332,14 @@ def bucket_pairs(keys, cols, rows, full_upto):
     star (first member to each other) plus a chain (consecutive members).
 
     Per band, cache-sized work: positions are first scattered (stably) into ``2^p``
-    partitions by the top ``p`` bits of their key, ≈ 4 096 positions each, so that one
-    partition's open-addressing table ``[key, position + 1]`` (64 KB) stays in the L2
-    cache; a single table over a million keys would miss the cache on every probe. A
-    position whose key is already in the table is recorded as ``(first position,
-    position)`` and only those few records are grouped (stable sort) into buckets."""
+    partitions by the top ``p`` bits of their key, ≈ ``PART`` positions each, as one
+    8-byte entry ``(low 32 bits of the key) << 32 | position``; one partition's
+    open-addressing table of those entries (4 slots per entry: 64 KB, in L2, and a short
+    probe, so the occupied-slot branch is rarely taken) is built per partition; a single
+    table over a million keys would miss the cache on every probe. When the 32-bit part
+    matches, the full keys are compared (``keys[band]``); a position whose key is already
+    in the table is recorded as ``(first position, position)`` and only those few
+    records are grouped (stable sort) into buckets."""
     b = keys.shape[0]
     n = cols.shape[0]
     # all columns in order (the usual case): read keys[band] directly, not through cols
@@ -347,9 +351,8 @@ def bucket_pairs(keys, cols, rows, full_upto):
     pshift = np.uint64(64 - pbits) if pbits > 0 else np.uint64(0)
     start = np.empty(n_part + 1, np.int64)
     cur = np.empty(n_part, np.int64)
-    pk = np.empty(n, np.uint64)
-    pi = np.empty(n, np.int32)  # positions (< 2^31 records per call)
-    table = np.empty((16, 2), np.uint64)
+    pe = np.empty(n, np.uint64)  # (low 32 bits of the key) << 32 | position (< 2^31 records per call)
+    table = np.empty(16, np.uint64)
     dup_first = np.empty(n, np.int64)
     dup_pos = np.empty(n, np.int64)
     members = np.empty(n, np.int64)
@@ -368,15 +371,13 @@ def bucket_pairs(keys, cols, rows, full_upto):
                 h = kb[i] if ident else kb[cols[i]]
                 q = np.int64(h >> pshift)
                 j = cur[q]
-                pk[j] = h
-                pi[j] = i
+                pe[j] = (h << S32) | np.uint64(i)
                 cur[q] = j + 1
         else:
             start[0] = 0
             start[1] = n
             for i in range(n):
-                pk[i] = kb[i] if ident else kb[cols[i]]
-                pi[i] = i
+                pe[i] = ((kb[i] if ident else kb[cols[i]]) << S32) | np.uint64(i)
         nd = 0
         for q in range(n_part):
             lo = start[q]
@@ -384,26 +385,29 @@ def bucket_pairs(keys, cols, rows, full_upto):
             if hi - lo < 2:
                 continue
             cap = 16
-            while cap < 2 * (hi - lo):
+            while cap < 4 * (hi - lo):
                 cap *= 2
             if cap > table.shape[0]:
-                table = np.empty((cap, 2), np.uint64)
+                table = np.empty(cap, np.uint64)
             mask = cap - 1
-            table[:cap, 1] = 0
+            table[:cap] = FREE
             for j in range(lo, hi):
-                h = pk[j]
-                s = np.int64(h & np.uint64(mask))
+                e = pe[j]
+                fp = e >> S32
+                s = np.int64(fp & np.uint64(mask))
                 while True:
-                    occ = table[s, 1]
-                    if occ == 0:
-                        table[s, 0] = h
-                        table[s, 1] = np.uint64(pi[j]) + np.uint64(1)
+                    occ = table[s]
+                    if occ == FREE:
+                        table[s] = e
                         break
-                    if table[s, 0] == h:
-                        dup_first[nd] = np.int64(occ) - 1
-                        dup_pos[nd] = np.int64(pi[j])
-                        nd += 1
-                        break
+                    if (occ >> S32) == fp:
+                        p0 = np.int64(occ & M32)
+                        p1 = np.int64(e & M32)
+                        if (kb[p0] == kb[p1]) if ident else (kb[cols[p0]] == kb[cols[p1]]):
+                            dup_first[nd] = p0
+                            dup_pos[nd] = p1
+                            nd += 1
+                            break
                     s = (s + 1) & mask
         if nd == 0:
             continue

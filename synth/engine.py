@@ -98,12 +98,14 @@ class Row:
 
 
 class Engine:
-    def __init__(self, lm, tok, max_batch: int = 8, prefix_cache: int = 16, min_prefix: int = 8):
+    def __init__(self, lm, tok, max_batch: int = 8, prefix_cache: int = 16, min_prefix: int = 8,
+                 pack_prefill: bool = True):
         self.lm = lm
         self.tok = tok
         self.max_batch = max(1, int(max_batch))
         self.prefix_cache_size = prefix_cache
         self.min_prefix = min_prefix
+        self.pack_prefill = pack_prefill
         self.device = next(lm.parameters()).device
         eos = getattr(lm.generation_config, "eos_token_id", None) or tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -137,18 +139,30 @@ class Engine:
                           **{self._cache_kw: Cache(layers=layers)})
         return out.logits[:, -1].float(), layers
 
-    def _prefill(self, row: Row) -> None:
-        ids = row.ids
-        best, best_kv = 0, None
+    def _match(self, ids: list[int]) -> tuple[int, Any, Any]:
+        """The longest cached prefix of ``ids``: (length, its KV, its cache key); (0, None, None) if < min_prefix."""
+        best, best_kv, best_key = 0, None, None
         for key, kv in self._prefix.items():
             n = min(len(key), len(ids) - 1)  # always compute at least the last prompt token
             i = 0
             while i < n and key[i] == ids[i]:
                 i += 1
             if i > best:
-                best, best_kv = i, kv
+                best, best_kv, best_key = i, kv, key
         if best < self.min_prefix:
-            best, best_kv = 0, None
+            return 0, None, None
+        return best, best_kv, best_key
+
+    def _remember(self, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        key = tuple(ids)
+        self._prefix[key] = kv
+        self._prefix.move_to_end(key)
+        while len(self._prefix) > self.prefix_cache_size:
+            self._prefix.popitem(last=False)
+
+    def _prefill(self, row: Row) -> None:
+        ids = row.ids
+        best, best_kv, _ = self._match(ids)
         # room for the prompt's rest only: the row decodes in the batch's buffers (copied in by _join), and
         # these buffers live on as a prefix-cache entry, so they should hold no unused capacity
         spare = len(ids) - best
@@ -163,13 +177,47 @@ class Engine:
         self.stats["prefill_tokens"] += len(ids) - best
         self.stats["prefix_reused_tokens"] += best
         row.prefilled = len(ids) - best
-        key = tuple(ids)
-        self._prefix[key] = kv
-        self._prefix.move_to_end(key)
-        while len(self._prefix) > self.prefix_cache_size:
-            self._prefix.popitem(last=False)
+        self._remember(ids, kv)
         row.logits = logits[0]
         self._join(row, kv)
+
+    def _prefill_packed(self, rows: list[Row], p: int, pkv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Prefill several rows that share the same cached prefix (``p`` tokens, KV ``pkv``) in ONE forward:
+        their prompt rests are packed into one sequence after the prefix, and a block mask lets each token
+        see the prefix and its own row's earlier tokens only (each row keeps its own positions).  One forward
+        over all the rows' tokens instead of one per row: the weights are read once and the matrix products
+        have 8x the rows (on this CPU ~2.7 ms/token for 200+ rows vs ~3.6 at ~30, and one output-layer
+        product instead of one per row)."""
+        rests = [r.ids[p:] for r in rows]
+        lens = [len(x) for x in rests]
+        n = sum(lens)
+        starts = [sum(lens[:i]) for i in range(len(rows))]
+        dev = self.device
+        ids = torch.tensor([[t for x in rests for t in x]], device=dev)
+        pos = torch.cat([torch.arange(p, p + m, device=dev) for m in lens])[None]
+        allow = torch.zeros(1, 1, n, p + n, dtype=torch.bool, device=dev)
+        allow[..., :p] = True
+        for st, m in zip(starts, lens):
+            allow[0, 0, st : st + m, p + st : p + st + m] = torch.ones(m, m, dtype=torch.bool, device=dev).tril()
+        layers = [self._Buf(k[:, :, :p], v[:, :, :p], n) for k, v in pkv]
+        from transformers.cache_utils import Cache
+
+        t = time.perf_counter()
+        last = torch.tensor([st + m - 1 for st, m in zip(starts, lens)], device=dev)
+        out = self.lm(input_ids=ids, attention_mask=allow, position_ids=pos, use_cache=True, logits_to_keep=last,
+                      **{self._cache_kw: Cache(layers=layers)})
+        logits = out.logits[0].float()
+        self.stats["prefill_s"] += time.perf_counter() - t
+        self.stats["prefill_tokens"] += n
+        self.stats["prefix_reused_tokens"] += p * len(rows)
+        self.stats["packed_prefills"] = self.stats.get("packed_prefills", 0) + 1
+        for i, (r, st, m) in enumerate(zip(rows, starts, lens)):
+            kv = [(torch.cat([lay.keys[:, :, :p], lay.keys[:, :, p + st : p + st + m]], 2),
+                   torch.cat([lay.values[:, :, :p], lay.values[:, :, p + st : p + st + m]], 2)) for lay in layers]
+            r.prefilled = m
+            self._remember(r.ids, kv)
+            r.logits = logits[i]
+            self._join(r, kv)
 
     def _spare(self) -> int:
         return max([r.max_new - len(r.out) for r in self.rows] + [0]) + 1
@@ -217,6 +265,32 @@ class Engine:
         """Prefill ``row`` (reusing the prefix cache) and add it to the running batch."""
         with torch.inference_mode():
             self._prefill(row)
+
+    def admit_many(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` (arrived together) and add them to the running batch.  Rows that share a cached
+        prefix are prefilled together in one packed forward (:meth:`_prefill_packed`); a row without one is
+        prefilled alone first, so the rows after it can reuse its prompt (the shared template) as their prefix.
+        ``pack_prefill = False`` (or one row) admits them one by one."""
+        todo = list(rows)
+        with torch.inference_mode():
+            while todo:
+                if not self.pack_prefill or len(todo) == 1:
+                    self._prefill(todo.pop(0))
+                    continue
+                matches = [self._match(r.ids) for r in todo]
+                if matches[0][0] == 0:  # no cached prefix: alone, then it is one
+                    self._prefill(todo.pop(0))
+                    continue
+                _, kv, key = matches[0]
+                # every row whose longest match is the same entry: packed after the prefix they all share
+                # (a row that matched a token or two more recomputes those: cheaper than a forward of its own)
+                hits = [(r, q) for r, (q, _, k) in zip(todo, matches) if k is key]
+                if len(hits) == 1:
+                    self._prefill(todo.pop(0))
+                    continue
+                group = [r for r, _ in hits]
+                self._prefill_packed(group, min(q for _, q in hits), kv)
+                todo = [r for r in todo if all(r is not g for g in group)]
 
     def _pick(self, row: Row, logits: torch.Tensor) -> int:
         logp = torch.log_softmax(logits, -1) if (row.want_logprobs or row.choices is not None) else None
@@ -285,8 +359,10 @@ class Engine:
         with self.lock:
             todo = list(rows)
             while todo or self.rows:
-                while todo and len(self.rows) < self.max_batch:
-                    self.admit(todo.pop(0))
+                take = todo[: self.max_batch - len(self.rows)]
+                del todo[: len(take)]
+                if take:
+                    self.admit_many(take)
                 self.step()
         return rows
 

@@ -196,15 +196,32 @@ class EngineBatcher(_Queued):
         self.q.put(_RESET)
 
     def _admit(self, job: Job) -> None:
+        row = self._row(job)
+        if row is not None:
+            self._admit_rows([row])
+
+    def _admit_rows(self, rows: list) -> None:
+        """Prefill rows that arrived together (packed when they share a cached prefix) into the batch."""
+        try:
+            self.engine.admit_many(rows)
+        except Exception as e:
+            for row in rows:  # the rows already in the batch go on; the others get the error
+                if all(r is not row for r in self.engine.rows) and row.tag.future.set_running_or_notify_cancel():
+                    row.tag.future.set_exception(e)
+        for row in rows:
+            row.tag.rec["prefilled"] = row.prefilled
+
+    def _row(self, job: Job):
+        """The engine row for ``job`` (None: a reset, a job nobody waits for, or a bad request, answered here)."""
         from .engine import Row
 
         if job is _RESET:
             self.engine.clear_prefix_cache()
-            return
+            return None
         if job.gone():
             self.stats["dropped_queued"] += 1
             job.future.cancel()
-            return
+            return None
         p = job.params
         be = self.backend
         try:
@@ -218,11 +235,11 @@ class EngineBatcher(_Queued):
             if len(self.runs) > self.max_runs:
                 del self.runs[: len(self.runs) - self.max_runs]
             job.rec = rec  # type: ignore[attr-defined]
-            self.engine.admit(row)
-            rec["prefilled"] = row.prefilled
+            return row
         except Exception as e:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(e)
+            return None
 
     def _finish(self, row) -> None:
         job: Job = row.tag
@@ -245,20 +262,34 @@ class EngineBatcher(_Queued):
         eng = self.engine
         while True:
             try:
+                new: list = []  # rows that arrived together are prefilled together (Engine.admit_many)
+
+                def take(job) -> None:
+                    if job is _RESET and new:  # the reset applies to what is queued after it
+                        self._admit_rows(new)
+                        new.clear()
+                    row = self._row(job)
+                    if row is not None:
+                        new.append(row)
+
                 if not eng.rows:  # idle: wait for work, then briefly for company
-                    self._admit(self.q.get())
+                    take(self.q.get())
                     deadline = time.monotonic() + self.batch_wait_s
-                    while len(eng.rows) < self.max_batch:
+                    while len(eng.rows) + len(new) < self.max_batch:
                         left = deadline - time.monotonic()
                         try:
-                            self._admit(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
+                            take(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
                         except queue.Empty:
                             break
-                while len(eng.rows) < self.max_batch:  # continuous batching: join the running batch
+                while len(eng.rows) + len(new) < self.max_batch:  # continuous batching: join the running batch
                     try:
-                        self._admit(self.q.get_nowait())
+                        take(self.q.get_nowait())
                     except queue.Empty:
                         break
+                if new:
+                    for row in new:
+                        row.tag.rec["size"] = len(eng.rows) + 1 + new.index(row)
+                    self._admit_rows(new)
                 for row in eng.step():
                     self._finish(row)
             except Exception as e:  # a failed step fails its rows, the server goes on

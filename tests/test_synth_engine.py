@@ -100,3 +100,23 @@ def test_sampling_is_seeded_per_row_and_cancelled_rows_stop(lm):
 def test_empty_prompt_is_an_error():
     with pytest.raises(ValueError, match="empty prompt"):
         Row([], 4)
+
+
+def test_rows_arriving_together_are_prefilled_packed_with_the_same_tokens(lm):
+    """admit_many: the first row is prefilled alone, the rows sharing its prefix in ONE packed forward
+    (block mask, own positions); tokens equal transformers' generate and the one-by-one engine."""
+    want = [reference(lm, p, n) for p, n in zip(PROMPTS, LIMITS)]
+    prompts = [PREFIX + [60 + i, 61, 62 + i][: 1 + i % 3] for i in range(5)] + PROMPTS
+    limits = [6, 7, 8, 9, 10] + LIMITS
+    want = [reference(lm, p, n) for p, n in zip(prompts, limits)]
+    one = Engine(lm, TOK, max_batch=10, pack_prefill=False)
+    rows1 = one.run([Row(p, n) for p, n in zip(prompts, limits)])
+    eng = Engine(lm, TOK, max_batch=10)
+    rows = eng.run([Row(p, n) for p, n in zip(prompts, limits)])
+    assert [r.out for r in rows] == want == [r.out for r in rows1]
+    assert eng.stats["packed_prefills"] >= 1 and "packed_prefills" not in one.stats
+    # prefix reuse kept (a row that matched a token or two past the shared prefix recomputes them)
+    assert eng.stats["prefill_tokens"] <= one.stats["prefill_tokens"] + len(prompts)
+    for a, b in zip(rows, rows1):
+        assert torch.allclose(a.logits if a.logits is not None else torch.zeros(1),
+                              b.logits if b.logits is not None else torch.zeros(1), atol=1e-4)

@@ -206,9 +206,19 @@ def test_compiled_and_numpy_paths_agree(kind):
     vocab = ["card", "top-up", "PIN", "café", "Ünïcode", "x", "ATM!!", "£1", "already", "\u00a0", "🙂", "_"]
     texts = ["", "a", "ab cd", "  !!  ", "Is there an auto top-up option?", "nul\x00inside", "\x00"] + [
         " ".join(rnd.choice(vocab) for _ in range(rnd.randint(1, 40))) for _ in range(300)]
+    # the compiled word hash reads 8 bytes at a time: words of every length across the 8- and
+    # 16-byte boundaries, runs of punctuation, words at the very end of a document and of a batch
+    letters = "abcXYZ0189é"
+    texts += [" ".join("".join(rnd.choice(letters) for _ in range(ln)) for ln in rnd.sample(range(1, 25), 12))
+              for _ in range(100)]
+    texts += ["w" * ln for ln in range(1, 26)] + ["end with a long word " + "q" * 17, "a,,, b!!!c  d", "x" * 8 + "!" + "y" * 8]
     a, xa = mh.signatures_of(texts, kind, jit=True)
     b, xb = mh.signatures_of(texts, kind, jit=False)
     assert (a == b).all() and (xa == xb).all()
+    h1, o1 = mh.shingle_hashes(texts, kind)
+    h2, o2 = mh.shingle_hashes(texts, kind, jit=False)
+    assert np.array_equal(o1, o2) and all(np.array_equal(np.sort(h1[o1[d]:o1[d + 1]]), np.sort(h2[o2[d]:o2[d + 1]]))
+                                          for d in range(len(texts)))
 
 
 def test_partitioned_buckets_match_numpy_on_large_inputs():
@@ -221,6 +231,15 @@ def test_partitioned_buckets_match_numpy_on_large_inputs():
     rows = np.sort(rnd.permutation(20000)[:15000])
     want = mh.lsh_candidates_keys(keys, rows, jit=False)
     assert len(want) > 10000 and np.array_equal(mh.lsh_candidates_keys(keys, rows), want)
+    # the compiled tables compare the low 32 bits of a key first: keys equal there but not in
+    # the high bits are different buckets
+    lo = rnd.integers(0, 40, size=(3, 30000)).astype(np.uint64)
+    part = rnd.integers(0, 4, size=(3, 30000)).astype(np.uint64) << np.uint64(62)  # partition (top bits)
+    hi = rnd.integers(0, 3, size=(3, 30000)).astype(np.uint64) << np.uint64(40)  # same partition, other key
+    keys = part | hi | (lo * np.uint64(0x9E3779B9) & np.uint64(0xFFFFFFFF))
+    for rr in (None, np.sort(rnd.permutation(30000)[:20000])):
+        want = mh.lsh_candidates_keys(keys, rr, jit=False)
+        assert np.array_equal(mh.lsh_candidates_keys(keys, rr), want)
 
 
 def test_compiled_lsh_and_union_find_match_numpy():

@@ -708,10 +708,16 @@ def _texts_of(texts: TextSource, rows: np.ndarray) -> Sequence[str]:
 
 
 def shingle_hashes(texts: Sequence[str], kind: str = "word", jit: bool | None = None,
-                   chunk: int = JIT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = JIT_CHUNK, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Shingle hashes of each text: text ``d`` has ``hashes[offs[d]:offs[d+1]]`` (uint64,
     the shingles its signature is made of, repeats kept; none for a text without words).
-    Used to verify LSH candidates by exact Jaccard (:func:`jaccard_sets`)."""
+    Used to verify LSH candidates by exact Jaccard (:func:`jaccard_sets`).
+
+    Compiled path: the kernel writes every chunk straight into one array (``out`` when it
+    is large enough, e.g. the buffer of the previous call; grown when a chunk would not
+    fit) and ``hashes`` is a view of it, so no chunk is copied and a reused ``out`` is
+    already mapped and in cache (a fresh upper-bound scratch per call, then copies of
+    each chunk, cost more than the shingling of 100-word texts)."""
     if kind not in ("word", "char"):
         raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
     n = len(texts)
@@ -720,20 +726,22 @@ def shingle_hashes(texts: Sequence[str], kind: str = "word", jit: bool | None = 
         sh = shingle(texts, kind)
         return sh.hashes, np.searchsorted(sh.doc, np.arange(n + 1)).astype(np.int64)
     ng = 3 if kind == "word" else 5
-    parts, offs, base = [], [np.zeros(1, np.int64)], 0
-    scratch = np.empty(0, U64)
+    offs = np.zeros(n + 1, np.int64)
+    if out is None:
+        out = np.empty(0, U64)
+    base = 0
     for i in range(0, n, chunk):
         buf, o = _raw_bytes(texts[i : i + chunk])
         m = len(o) - 1
-        if len(scratch) < len(buf) + m + 1:
-            scratch = np.empty(len(buf) + m + 1, U64)
-        oo = np.empty(m + 1, np.int64)
+        if len(out) < base + len(buf) + m + 1:  # the kernel's bound: ≤ one shingle per byte, +1 per text
+            bigger = np.empty(max(2 * len(out), base + len(buf) + m + 1, (base + len(buf) + m + 1) * n // (i + m)), U64)
+            bigger[:base] = out[:base]
+            out = bigger
         pw, _ = _powers(int(np.diff(o).max()) + 2 if m else 2)
-        used = mod.shingle_hashes(buf, o, _JIT_TABLE, pw, kind == "char", ng, scratch, oo)
-        parts.append(scratch[:used].copy())
-        offs.append(oo[1:] + base)
+        used = mod.shingle_hashes(buf, o, _JIT_TABLE, pw, kind == "char", ng, out[base:], offs[i : i + m + 1])
+        offs[i : i + m + 1] += base
         base += used
-    return (np.concatenate(parts) if parts else np.zeros(0, U64)), np.concatenate(offs)
+    return out[:base], offs
 
 
 def jaccard_sets(hashes: np.ndarray, offs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -766,10 +774,12 @@ def verify_pairs(cand: np.ndarray, texts: TextSource, kind: str, threshold: floa
     two blocks is shingled twice (≈ 10 % more shingling on the benchmark corpus)."""
     cand = np.asarray(cand, np.int64).reshape(-1, 2)
     keep_p, keep_s = [], []
+    buf = None  # shingle buffer reused from block to block
     for i in range(0, len(cand), block):
         blk = cand[i : i + block]
         rows = sorted_unique(blk.reshape(-1))
-        hs, offs = shingle_hashes(_texts_of(texts, rows), kind)
+        hs, offs = shingle_hashes(_texts_of(texts, rows), kind, out=buf)
+        buf = hs.base if hs.base is not None else hs
         j = jaccard_sets(hs, offs, np.searchsorted(rows, blk[:, 0]), np.searchsorted(rows, blk[:, 1]))
         ok = j >= threshold - 1e-12
         keep_p.append(blk[ok])

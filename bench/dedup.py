@@ -4,6 +4,7 @@
     .venv/bin/python bench/dedup.py --sizes 20000 100000 1000000
     .venv/bin/python bench/dedup.py --out bench/results/dedup.json
     .venv/bin/python bench/dedup.py --profile 50000      # per-stage CPU time + cProfile of our path
+    .venv/bin/python bench/dedup.py --baseline-rev f355146   # + the code of that revision, same corpus, interleaved
 
 Corpus: base documents of 60–140 words drawn from a Zipf(1.1) vocabulary of 30k
 words; 10% of the records are planted variants of a base document made by
@@ -146,15 +147,37 @@ class PeakRSS:
 
 
 # --------------------------------------------------------------------------- engines
-def run_ours(docs: list[str], batch: int = 20000, threshold: float = THRESHOLD):
+def load_baseline(rev: str):
+    """``curate/minhash.py`` and ``curate/minhash_kernel.py`` as of git revision ``rev``, imported
+    as the package ``curate_baseline`` (from a temporary folder), to time old and new code in the
+    same process on the same corpus."""
+    import importlib
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    d = Path(tempfile.mkdtemp(prefix="dedup-baseline-")) / "curate_baseline"
+    d.mkdir()
+    (d / "__init__.py").write_text("")
+    for f in ("minhash.py", "minhash_kernel.py"):
+        (d / f).write_text(subprocess.run(["git", "-C", str(root), "show", f"{rev}:curate/{f}"], check=True,
+                                          capture_output=True, text=True).stdout)
+    sys.path.insert(0, str(d.parent))
+    return importlib.import_module("curate_baseline.minhash")
+
+
+def run_ours(docs: list[str], batch: int = 20000, threshold: float = THRESHOLD, mh=mh):
     """Our near-dup stage as ``curate dedup --near`` runs it: text → LSH band keys (the
     kernel computes each signature in a scratch row and keeps only its band keys) →
-    candidate pairs → exact Jaccard of the candidates' shingle sets → union-find."""
+    candidate pairs → exact Jaccard of the candidates' shingle sets → union-find.
+    ``mh``: the module to run (``curate.minhash``, or a baseline from :func:`load_baseline`)."""
     b, r = mh.lsh_params(threshold, K)
     t = time.perf_counter()
-    k_, x_ = mh.lsh_keys_of(docs[:2000], "word", K, b, r)  # load/compile the numba kernels outside the timing
+    # load/compile the numba kernels outside the timing; more than one 2 048-text chunk, so that the
+    # kernels also see the non-contiguous key columns of the timed run (another specialisation)
+    k_, x_ = mh.lsh_keys_of(docs[:5000], "word", K, b, r)
     c_ = mh.lsh_candidates_keys(k_, np.flatnonzero(x_ != 0))
-    mh.UnionFind(2000).union_pairs(mh.verify_pairs(c_, docs, "word", threshold)[0])
+    mh.UnionFind(5000).union_pairs(mh.verify_pairs(c_, docs, "word", threshold)[0])
     warm = round(time.perf_counter() - t, 2)
     with PeakRSS() as mem:
         w0, c0 = time.perf_counter(), time.process_time()
@@ -228,7 +251,7 @@ def score(found: set[tuple[int, int]], truth: dict[tuple[int, int], float], docs
     }
 
 
-def bench(n: int, ds_max: int, seed: int = 0, repeat: int = 3) -> dict:
+def bench(n: int, ds_max: int, seed: int = 0, repeat: int = 3, baseline=None) -> dict:
     t = time.time()
     docs, planted = make_corpus(n, seed)
     truth: dict[tuple[int, int], float] = {}
@@ -244,7 +267,14 @@ def bench(n: int, ds_max: int, seed: int = 0, repeat: int = 3) -> dict:
                 p = (min(vs[i], vs[j]), max(vs[i], vs[j]))
                 truth[p] = jaccard(docs[p[0]], docs[p[1]])
     gen_s = round(time.time() - t, 1)
-    runs = [run_ours(docs) for _ in range(repeat)]  # same pairs every time; CPU time varies with the load
+    runs, base_runs = [], []
+    for i in range(repeat):  # same pairs every time; CPU time varies with the load
+        if baseline is not None:  # interleaved, alternating which goes first, so both see the same load
+            order = [False, True] if i % 2 == 0 else [True, False]
+            for is_base in order:
+                (base_runs if is_base else runs).append(run_ours(docs, mh=baseline) if is_base else run_ours(docs))
+        else:
+            runs.append(run_ours(docs))
     runs.sort(key=lambda x: x[1]["cpu_s"])
     ours, st, cand = runs[len(runs) // 2]  # the median run
     st["cpu_s_all_runs"] = [x[1]["cpu_s"] for x in runs]
@@ -255,6 +285,15 @@ def bench(n: int, ds_max: int, seed: int = 0, repeat: int = 3) -> dict:
     res["ours"]["candidate_recall"] = round(sum(p in cand for p in want) / max(1, len(want)), 4)
     res["ours"]["docs_per_s_wall"] = round(n / st["wall_s"])
     res["ours"]["docs_per_cpu_s"] = round(n / st["cpu_s"])
+    if base_runs:
+        assert all(x[0] == ours and x[2] == cand for x in base_runs), "baseline found other pairs or candidates"
+        base_runs.sort(key=lambda x: x[1]["cpu_s"])
+        bst = base_runs[len(base_runs) // 2][1]
+        keep = ("cpu_s", "band_keys_cpu_s", "lsh_buckets_cpu_s", "verify_exact_cpu_s", "union_find_cpu_s", "peak_extra_rss_mb")
+        res["baseline"] = {k: bst[k] for k in keep} | {
+            "rev": baseline.__rev__, "cpu_s_all_runs": [x[1]["cpu_s"] for x in base_runs],
+            "same_pairs_and_candidates": True, "docs_per_cpu_s": round(n / bst["cpu_s"])}
+        res["speedup_vs_baseline_cpu"] = round(bst["cpu_s"] / st["cpu_s"], 3)
     m = min(n, ds_max)
     dpairs, dst = run_datasketch(docs[:m])
     res["datasketch"] = dst | {"records": m} | score(dpairs, truth, docs, m)
@@ -407,6 +446,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="timed runs of ours per size; the median run is reported (all CPU times listed)")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. CPU contention)")
+    ap.add_argument("--baseline-rev", metavar="REV",
+                    help="also time curate/minhash*.py of this git revision, interleaved with ours on the same "
+                         "corpus (checks they find the same pairs and candidates)")
     ap.add_argument("--calibrate-cosine", metavar="WORKSPACE",
                     help="instead of the benchmark: cosine calibration table on a BANKING77 workspace")
     ap.add_argument("--profile", type=int, metavar="N",
@@ -425,8 +467,13 @@ def main() -> int:
         return 0
     out = {"machine": machine(), "threshold": THRESHOLD, "num_perm": K, "shingles": "word 3-grams", "note": a.note,
            "runs": []}
+    baseline = None
+    if a.baseline_rev:
+        baseline = load_baseline(a.baseline_rev)
+        baseline.__rev__ = a.baseline_rev
+        out["baseline_rev"] = a.baseline_rev
     for n in a.sizes:
-        r = bench(n, a.datasketch_max, repeat=a.repeat)
+        r = bench(n, a.datasketch_max, repeat=a.repeat, baseline=baseline)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)
     out["machine"]["loadavg_end"] = os.getloadavg()

@@ -99,7 +99,7 @@ class Row:
 
 class Engine:
     def __init__(self, lm, tok, max_batch: int = 8, prefix_cache: int = 16, min_prefix: int = 8,
-                 pack_prefill: bool = True):
+                 pack_prefill: bool = True, head_chunk: int = 1024):
         self.lm = lm
         self.tok = tok
         self.max_batch = max(1, int(max_batch))
@@ -116,6 +116,22 @@ class Engine:
 
         # transformers renamed the forward's cache argument (past_key_values -> cache)
         self._cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        # several rows on the CPU: the decoder and the output layer called separately, so the output layer
+        # runs in slices (_logits); a model without the plain get_decoder/get_output_embeddings pair (or a
+        # scaled / soft-capped output) goes through its own forward
+        self.head_chunk = head_chunk
+        self._head = self._decoder = None
+        try:
+            dec, head = lm.get_decoder(), lm.get_output_embeddings()
+            cfg = getattr(lm, "config", None)
+            plain = all(getattr(cfg, k, None) is None for k in ("final_logit_softcapping", "logit_scale"))
+            if (head_chunk > 0 and self.device.type == "cpu" and plain and dec is not None and dec is not lm
+                    and isinstance(head, torch.nn.Linear)):
+                self._decoder, self._head = dec, head
+                self._dec_cache_kw = ("cache" if "cache" in inspect.signature(dec.forward).parameters
+                                      else "past_key_values")
+        except (AttributeError, NotImplementedError):
+            pass
         self.kv: list | None = None  # cache layers (BufLayer), keys per layer [B, H, T, D], left-padded
         self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
         self.lock = threading.Lock()
@@ -129,15 +145,29 @@ class Engine:
         position's logits and the (updated in place, or new) cache layers."""
         from transformers.cache_utils import Cache, DynamicCache
 
-        if layers is None:
-            cache = DynamicCache()
+        cache = DynamicCache() if layers is None else Cache(layers=layers)
+        if self._head is None or ids.shape[0] == 1:
             out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                           **{self._cache_kw: cache})
-            layers = [self._Buf(lay.keys, lay.values, spare) for lay in cache.layers]
+            logits = out.logits[:, -1]
         else:
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                          **{self._cache_kw: Cache(layers=layers)})
-        return out.logits[:, -1].float(), layers
+            out = self._decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                **{self._dec_cache_kw: cache})
+            logits = self._logits(out.last_hidden_state[:, -1])
+        if layers is None:
+            layers = [self._Buf(lay.keys, lay.values, spare) for lay in cache.layers]
+        return logits.float(), layers
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output layer for several rows ``h`` [B, hidden] on the CPU, in ``head_chunk``-word slices of
+        the (vocab x hidden) weight: each slice's product is bitwise the same as the whole one's (every logit is
+        the same dot product), but MKL's one product over the 113 MB fp32 weight with few rows was slow."""
+        W, b = self._head.weight, self._head.bias
+        c = self.head_chunk
+        out = h.new_empty(h.shape[0], W.shape[0])
+        for i in range(0, W.shape[0], c):
+            out[:, i : i + c] = torch.nn.functional.linear(h, W[i : i + c], None if b is None else b[i : i + c])
+        return out
 
     def _match(self, ids: list[int]) -> tuple[int, Any, Any]:
         """The longest cached prefix of ``ids``: (length, its KV, its cache key); (0, None, None) if < min_prefix."""

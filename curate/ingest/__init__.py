@@ -277,13 +277,19 @@ def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None,
 class _Balance:
     """Reader-process side of the work sharing: a batch goes to the writer (raw rows, which it
     turns into examples itself) when, so far, the writer has waited for batches longer than the
-    reader has waited for the writer. ``writer_wait`` is shared memory the writer adds its waits to."""
+    reader has waited for the writer. ``writer_wait`` is shared memory the writer adds its waits to.
+    The very first batch always goes raw: the writer starts building it after the CSV parse of one
+    batch instead of idling until the reader has built it (~0.15 s of a 100k-row ingest)."""
 
     def __init__(self, writer_wait: Any):
         self.writer_wait = writer_wait
         self.reader_wait = 0.0
+        self.first = True
 
     def __call__(self) -> bool:
+        if self.first:
+            self.first = False
+            return True
         return self.writer_wait.value > self.reader_wait
 
 

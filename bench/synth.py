@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -330,6 +331,11 @@ def main(argv=None) -> int:
         if store is None:
             if kind == "synth":
                 post(url + "/reset_prefix_cache")
+            elif kind == "baseline":
+                try:  # a baseline with a prefix cache (continuous-batching engine) gets the same reset
+                    post(url + "/reset_prefix_cache")
+                except urllib.error.HTTPError:
+                    pass
             elif kind == "llamacpp":
                 for i in range(a.max_batch):
                     post(f"{url}/slots/{i}?action=erase")
@@ -339,7 +345,7 @@ def main(argv=None) -> int:
         wall, cpu = time.perf_counter() - t0, server_cpu(proc) - c0
         h1 = metrics(url) if kind == "llamacpp" else health(url)
         out = {"seconds": round(wall, 3), "req_per_s": round(len(reqs) / wall, 3), "server_cpu_s": round(cpu, 2)}
-        if kind == "synth":
+        if "decode_steps" in h1:  # our engine (and a baseline revision that has it)
             d = {k: round(h1[k] - h0[k], 3) for k in ("decode_steps", "row_steps", "prefill_tokens",
                                                        "prefix_reused_tokens", "prefill_s", "decode_s")}
             d["mean_decode_batch"] = round(d["row_steps"] / d["decode_steps"], 2) if d["decode_steps"] else None

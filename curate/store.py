@@ -210,13 +210,50 @@ def prepare_row(e: Example) -> list:
             org.get("kind", "human"), org_s, sig_s, e.label, e.parent_id, e.created_at, dup, leak, reward]
 
 
+class TicketRows:
+    """A batch of ``records`` rows of one ticket file in a compact layout, for the ingest's hot path:
+    ``[id, messages, source_loc, source_ref, grp, split, signals, label, created_at]`` per row; the
+    other columns are the same for every row (``source_kind`` 'ticket', ``source_file`` = ``file``,
+    origin human, no parent, no duplicate/leakage/reward signal). Half the values to pickle across
+    the reader process's channel and to bind per INSERT. :meth:`full` gives :func:`prepare_row` rows."""
+
+    __slots__ = ("file", "rows")
+
+    def __init__(self, file: str, rows: list[list]):
+        self.file, self.rows = file, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __reduce__(self):
+        return (TicketRows, (self.file, self.rows))
+
+    def full(self) -> list[list]:
+        f = self.file
+        return [[r[0], r[1], "ticket", f, r[2], r[3], r[4], r[5], "human", _HUMAN, r[6], r[7], None, r[8], None, 0, None]
+                for r in self.rows]
+
+    @staticmethod
+    def compact(row: list) -> list:
+        """The compact row of a :func:`prepare_row` row of a human ticket record of this kind."""
+        return [row[0], row[1], row[4], row[5], row[6], row[7], row[10], row[11], row[13]]
+
+
 class _SplitRef:
     """What :func:`curate.split.assign_splits` reads and sets (group, label, split) for one row."""
 
     __slots__ = ("row", "group", "label", "split")
 
-    def __init__(self, row: list):
-        self.row, self.group, self.label, self.split = row, row[6], row[11], ""
+    def __init__(self, row: list, gi: int = 6, li: int = 11):
+        self.row, self.group, self.label, self.split = row, row[gi], row[li], ""
+
+
+_INSERT_COLS = ("INSERT INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
+                " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)")
+
+
+def _sql_text(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
 
 
 # filters understood by Store.query / count (also used by the CLI and the app)
@@ -348,9 +385,11 @@ class Store:
                 e.split = r[7]
         return out
 
-    def add_rows(self, rows: Sequence[list], occurrences: bool = True) -> tuple[list[str], list[str]]:
+    def add_rows(self, rows: "Sequence[list] | TicketRows", occurrences: bool = True) -> tuple[list[str], list[str]]:
         """:meth:`add_examples` for rows made by :func:`prepare_row` (an ingest reader process
-        makes them, this process only writes). Rows with an empty split get one (in place).
+        makes them, this process only writes), or a :class:`TicketRows` batch (the same rows in the
+        compact layout: its constant columns go into the INSERT as literals). Rows with an empty split
+        get one (in place).
 
         One ``INSERT … ON CONFLICT(id) DO NOTHING`` for the batch: when every row was new
         (a fresh ingest) nothing else is read; otherwise the rows this batch added are
@@ -359,20 +398,25 @@ class Store:
         """
         from .split import assign_splits
 
+        if isinstance(rows, TicketRows):
+            file = rows.file
+            rows = rows.rows
+            gi, si, li, fi, loci = 4, 5, 7, None, 2
+            sql = (_INSERT_COLS + f" VALUES (?,?,'ticket',{_sql_text(file)},?,?,?,?,'human',{_sql_text(_HUMAN)},"
+                   "?,?,NULL,?,NULL,0,NULL) ON CONFLICT(id) DO NOTHING")
+        else:
+            file = None
+            gi, si, li, fi, loci = 6, 7, 11, 3, 4
+            sql = _INSERT_COLS + " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING"
         with self.tx() as c:
-            todo = [_SplitRef(r) for r in rows if not r[7]]
+            todo = [_SplitRef(r, gi, li) for r in rows if not r[si]]
             if todo:
                 assign_splits(c, todo, self.config.heldout_fraction, self.config.split_seed)
                 for t in todo:
-                    t.row[7] = t.split
+                    t.row[si] = t.split
             before = c.total_changes
             last_seq = c.execute("SELECT MAX(seq) FROM records").fetchone()[0] or 0
-            c.executemany(
-                "INSERT INTO records (id, messages, source_kind, source_file, source_loc, source_ref, grp, split,"
-                " origin_kind, origin, signals, label, parent_id, created_at, dup_of, leak, reward)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
-                rows,
-            )
+            c.executemany(sql, rows)
             if c.total_changes - before == len(rows):
                 return [r[0] for r in rows], []
             new = {x[0] for x in c.execute("SELECT id FROM records WHERE seq > ?", (last_seq,))}
@@ -387,14 +431,15 @@ class Store:
             occ = []
             for r in rows:
                 rid = r[0]
+                rf = file if fi is None else r[fi]
                 sighting = first.get(rid)
                 if sighting is None:  # new in this batch, first time in it
-                    first[rid] = (r[3], r[4])
+                    first[rid] = (rf, r[loci])
                     added.append(rid)
                     continue
                 present.append(rid)
-                if occurrences and r[3] and sighting != (r[3], r[4]):
-                    occ.append((rid, r[3], r[4]))
+                if occurrences and rf and sighting != (rf, r[loci]):
+                    occ.append((rid, rf, r[loci]))
             if occ:
                 c.executemany("INSERT OR IGNORE INTO occurrences VALUES (?,?,?)", occ)
         return added, present

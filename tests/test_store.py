@@ -116,6 +116,37 @@ def test_add_mixed_batch_new_present_and_repeated(store):
     assert [r[0] for r in store.conn.execute("SELECT id FROM records ORDER BY seq")] == [ex(q).id for q in "abcd"]
 
 
+def test_ticket_rows_batch_same_as_full_rows(workspace, tmp_path):
+    """A compact TicketRows batch (the ingest's hot path) stores exactly what the same rows in the
+    prepare_row layout store: every column, splits, present rows and occurrences; odd file names too."""
+    from curate.store import Store, TicketRows, prepare_row
+
+    def rows(file):
+        out = []
+        for q, loc in (("a", "row 1"), ("b", "row 2"), ("a", "row 3")):
+            e = Example(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": "x"}],
+                        source=Source("ticket", file, loc, "T" + q), group="ticket:T" + q, label="l" + q)
+            e.created_at = 1.0
+            out.append(prepare_row(e))
+        return out
+
+    dumps = []
+    for i, compact in enumerate((False, True)):
+        st = Store(tmp_path / f"s{i}.sqlite")
+        for file in ("it's \"q\".csv", "other.csv"):
+            r = rows(file)
+            batch = TicketRows(file, [TicketRows.compact(x) for x in r]) if compact else r
+            assert len(batch) == 3
+            st.add_rows(batch)
+        dumps.append((list(map(tuple, st.conn.execute("SELECT * FROM records ORDER BY seq"))),
+                      list(map(tuple, st.conn.execute("SELECT * FROM occurrences ORDER BY 1, 2, 3"))),
+                      list(map(tuple, st.conn.execute("SELECT grp, split, label FROM groups ORDER BY 1")))))
+        st.close()
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0][0]) == 2 and len(dumps[0][1]) == 4  # a, b; a's 2nd row and all three of other.csv
+    assert dumps[0][0][0][4] == "it's \"q\".csv"
+
+
 # Each secondary index is kept because a query uses it (store.SECONDARY_INDEXES); these are those queries.
 INDEX_QUERIES = {
     "records_status": ("SELECT id FROM records WHERE status IN ('pending') AND seq > 5 ORDER BY seq LIMIT 10", ()),

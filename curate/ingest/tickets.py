@@ -288,16 +288,17 @@ def _process_chunk(args: tuple) -> list[Any]:
     return out
 
 
-def build_batch(chunk: tuple) -> tuple[list[list], list[Reject], list, int]:
-    """``_split(_process_chunk(chunk))`` — the :func:`~curate.store.prepare_row` rows and the rejects of
-    one chunk of (loc, row, error), in order — without the per-row objects: for a row-per-example
+def build_batch(chunk: tuple) -> tuple[Any, list[Reject], list, int]:
+    """``_split(_process_chunk(chunk))`` — the :func:`~curate.store.prepare_row` rows (as a
+    :class:`~curate.store.TicketRows` batch on the fast path) and the rejects of one chunk of
+    (loc, row, error), in order — without the per-row objects: for a row-per-example
     mapping, each row's store row is built straight from its strings (the template, the PII scrub
     only where :func:`~curate.pii.needs_scrub` says it can change something, the message cleaning,
     the content hash and the messages JSON exactly as :func:`~curate.ingest.common.make_example`,
     :func:`~curate.example.new_example` and :func:`~curate.store.prepare_row` do them). A row that
     is anything but plain (a missing or non-string value, an empty turn, a template error) goes
     through that generic path instead, so the result is the same byte for byte."""
-    from ..store import _HUMAN, _dumps, prepare_row
+    from ..store import _HUMAN, TicketRows, _dumps, prepare_row
 
     rows, file, mapping, opts, m = chunk
     out: list[list] = []
@@ -309,6 +310,7 @@ def build_batch(chunk: tuple) -> tuple[list[list], list[Reject], list, int]:
         for it in _process_chunk(chunk):
             (rejects if isinstance(it, Reject) else out).append(it if isinstance(it, Reject) else prepare_row(it))
         return out, rejects, [], len(rows)
+    compact = TicketRows.compact
     ut, at = m.get("user_template"), m.get("assistant_template")
     ucol, acol = m.get("user"), m.get("assistant")
     lcol, gcol = m.get("label"), m.get("group")
@@ -327,7 +329,10 @@ def build_batch(chunk: tuple) -> tuple[list[list], list[Reject], list, int]:
         if isinstance(it, Reject):
             rejects.append(it)
         else:
-            out.append(prepare_row(it))
+            r = prepare_row(it)
+            if r[2:4] != ["ticket", file] or r[8:10] != ["human", _HUMAN] or r[12:] != [None, r[13], None, 0, None]:
+                raise AssertionError(f"not a plain ticket row: {r[:1] + r[2:]}")  # TicketRows could not hold it
+            out.append(compact(r))
 
     for loc, row, err in rows:
         if err:
@@ -379,9 +384,8 @@ def build_batch(chunk: tuple) -> tuple[list[list], list[Reject], list, int]:
         else:
             ref = ""
             group = "text:" + text_hash(_WS.sub(" ", user.lower()).strip())
-        out.append([cid, js, "ticket", file, loc, ref, group, "", "human", _HUMAN,
-                    _dumps({"pii": findings}) if findings else "{}", label, None, clock(), None, 0, None])
-    return out, rejects, [], len(rows)
+        out.append([cid, js, loc, ref, group, "", _dumps({"pii": findings}) if findings else "{}", label, clock()])
+    return TicketRows(file, out), rejects, [], len(rows)
 
 
 def can_read_parallel(path: Path, opts: ReadOptions) -> bool:

@@ -8,12 +8,14 @@ bit. Importing this module requires numba.
 Why the code looks the way it does (measured on 100-word texts, see
 ``docs/dedup.md``): the signature kernel reads the raw UTF-8 of a whole batch
 once, with the ASCII lower-case/punctuation table applied per byte (no
-translated copy, no separators: documents are given by byte offsets); bins are
-updated with a branch-free ``min``; densification works on a compacted list of
+translated copy of the batch, no separators: documents are given by byte offsets;
+each document is translated into a small scratch that stays in L1); word hashes
+are computed 8 bytes at a time (:func:`word_hashes`: no branch on the word
+length); bins are updated with a branch-free ``min``; densification works on a compacted list of
 the empty bins, one pass per step of the borrowing sequence, instead of one
 unpredictable branch per bin and step. LSH banding computes all band keys of a row at
-once and finds shared keys with one open-addressing hash table per band instead
-of sorting the band keys.
+once and finds shared keys with cache-sized open-addressing hash tables per band
+(8-byte entries, :func:`bucket_pairs`) instead of sorting the band keys.
 """
 from __future__ import annotations
 

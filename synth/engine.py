@@ -7,10 +7,12 @@ What a serving stack (vLLM, TGI) does, in ~200 lines, for the local backend and
   steps (:meth:`Engine.admit`) and leave it the step they finish
   (:meth:`Engine.step`), so a finished row costs nothing more and a new
   request does not wait for the whole batch.
-* **Per-row prefill, no padding waste** — each prompt is prefilled alone, then
-  its KV cache is left-padded into the batch; the attention mask hides the
-  padding and each row keeps its own positions.  Columns that are padding for
-  every row are trimmed when rows leave.
+* **Packed prefill, no padding waste** — prompts that arrive together and share
+  a cached prefix are prefilled in one forward (their rests packed into one
+  sequence, a block mask, each its own positions; :meth:`Engine.admit_many`),
+  then each row's KV cache is left-padded into the batch; the attention mask
+  hides the padding and each row keeps its own positions.  Columns that are
+  padding for every row are trimmed when rows leave.
 * **Prefix cache** — the KV of recent prompts is kept (LRU); a new prompt reuses
   the cached KV of its longest common prefix with any of them (the system
   prompt and template text every synth prompt shares) and only the rest is

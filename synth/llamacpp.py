@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8012, help="port (default 8012; 0 = any free port)")
     ap.add_argument("--parallel", type=int, default=8, help="slots = requests decoded together (default 8)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="llama.cpp CPU threads (default 1: its threads spin while they wait, which on a small CPU "
-                         "shared with other work made 2 threads 5-10x slower than 1 here; 0 = one per core)")
+                    help="llama.cpp CPU threads (default 1: its threads spin while they wait; on the shared 2-core "
+                         "box 2 threads were 4-10x slower than 1 in two runs, 1.8x faster in another; 0 = one per core)")
     ap.add_argument("--ctx-per-slot", type=int, default=2048, help="context tokens per slot (default 2048)")
     ap.add_argument("--verbose", action="store_true", help="llama.cpp's own log")
     a = ap.parse_args(argv)

@@ -14,8 +14,9 @@ the judge's ``Score: `` prefix)), ``POST /reset_prefix_cache`` (as in vLLM),
 Batching (the local model): continuous batching in :class:`EngineBatcher` over
 :class:`synth.engine.Engine`.  Request threads put jobs on a queue; one engine
 thread admits every queued job into the running decode batch between two
-decoding steps (up to ``max_batch`` rows; each prompt is prefilled alone, reusing
-the KV cache of its longest common prefix with recent prompts), runs one batched
+decoding steps (up to ``max_batch`` rows; the prompts that arrived together are
+prefilled in one packed forward after the KV cache of the longest common prefix
+they share with recent prompts), runs one batched
 forward per step for all rows, and hands each row back the step it finishes.  So
 N concurrent clients share each decoding step's weight reads instead of taking
 turns.  A backend without a steppable model (test fakes) gets :class:`Batcher`:
@@ -163,8 +164,8 @@ class EngineBatcher(_Queued):
     """Continuous batching over a backend's :class:`synth.engine.Engine` (the local model).
 
     One thread owns the engine.  Between two decoding steps it admits every queued request (up to
-    ``max_batch`` rows; each is prefilled alone, reusing the prefix cache) into the running batch, and
-    a row leaves the batch the step it finishes — or the step after its client left (``Job.gone``).
+    ``max_batch`` rows; prefilled together, packed after the prefix they share in the prefix cache)
+    into the running batch, and a row leaves the batch the step it finishes — or the step after its client left (``Job.gone``).
     ``runs`` holds one record per request generated: batch size when admitted, max_tokens, steps
     (tokens generated), prefilled (prompt tokens computed, the rest came from the prefix cache), cancelled.
     The engine is this thread's alone: do not call the same backend's ``complete*`` meanwhile.

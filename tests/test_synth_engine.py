@@ -135,3 +135,23 @@ def test_output_layer_in_slices_is_bitwise_the_whole_product(lm):
     rows = eng.run([Row(p, n) for p, n in zip(PROMPTS, LIMITS)])
     assert [r.out for r in rows] == [reference(lm, p, n) for p, n in zip(PROMPTS, LIMITS)]
     assert Engine(lm, TOK, head_chunk=0)._head is None  # off: the model's own forward
+
+
+def test_onednn_linears_give_the_same_tokens(lm):
+    """onednn_linears: every nn.Linear (output layer included) computed by oneDNN with prepacked weights;
+    the engine's tokens equal transformers' generate on the original model, logits to ~1e-4."""
+    import copy
+
+    from synth.engine import OneDNNLinear, onednn_linears
+
+    fast = copy.deepcopy(lm)
+    n = onednn_linears(fast)
+    if n == 0:
+        pytest.skip("no oneDNN linear in this torch build")
+    assert n == 2 * 7 + 1 and isinstance(fast.lm_head, OneDNNLinear)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.inference_mode():
+        assert torch.allclose(fast(ids).logits, lm(ids).logits, atol=1e-4, rtol=1e-4)
+    want = [reference(lm, p, n) for p, n in zip(PROMPTS, LIMITS)]
+    rows = Engine(fast, TOK, max_batch=3).run([Row(p, n) for p, n in zip(PROMPTS, LIMITS)])
+    assert [r.out for r in rows] == want

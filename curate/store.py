@@ -120,6 +120,8 @@ SECONDARY_INDEXES = {
 }
 SCHEMA_VERSION = 2  # 1: records_grp, full records_parent; 2: see SECONDARY_INDEXES
 CACHE_KIB = 65536  # SQLite page cache per connection (a bound on memory, whatever the store's size)
+WAL_AUTOCHECKPOINT = 10000  # pages (~40 MB of WAL) between automatic checkpoints
+BULK_WAL_AUTOCHECKPOINT = 100000  # the same during a bulk load (Store.deferred_indexes)
 
 RECORD_COLS = (
     "id, messages, source_kind, source_file, source_loc, source_ref, grp, split, origin_kind, origin, "
@@ -295,13 +297,20 @@ class Store:
         """Drop the secondary indexes of ``records`` for a bulk load and build them once at the end
         (also when the load fails). Lookups by id and the ``groups`` table are untouched, so
         idempotence and splits are the same; only filtered queries by other processes are slower
-        meanwhile. If the process dies in between, the next :class:`Store` opened builds them."""
+        meanwhile. If the process dies in between, the next :class:`Store` opened builds them.
+
+        Meanwhile the WAL is checkpointed every ``BULK_WAL_AUTOCHECKPOINT`` pages (~400 MB) instead of
+        every ~40 MB: fewer checkpoints, each with its fsyncs, and an id-index page that many batches
+        dirty is copied into the database once per checkpoint (1M generated rows, writer alone: ~4 s
+        less wall, ~1 us/row less CPU). Commits, and what a kill -9 can lose, are unchanged."""
         with self.tx() as c:
             for n in SECONDARY_INDEXES:
                 c.execute(f"DROP INDEX IF EXISTS {n}")
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={BULK_WAL_AUTOCHECKPOINT}")
         try:
             yield
         finally:
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             # each index sort spills to a temp file past cache_size (temp_store=MEMORY would hold the
             # whole sort in memory, RSS growing with the store); a 16 MiB cache meanwhile bounds the
             # sorter's memory (it takes up to cache_size) — the table is read sequentially anyway
@@ -343,7 +352,7 @@ class Store:
             c.execute("PRAGMA temp_store=MEMORY")
             # checkpoint every ~40 MB of WAL instead of ~4 MB: an index page dirtied by many
             # batches is copied into the database once per checkpoint, not once per batch
-            c.execute("PRAGMA wal_autocheckpoint=10000")
+            c.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             self._local.conn = c
         return c
 

@@ -251,6 +251,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=8, help="server batch limit (1 = no batching)")
+    ap.add_argument("--note", default="", help="free text stored as machine.note (say what else ran on the box)")
     ap.add_argument("--batch-wait", type=float, default=0.02,
                     help="seconds the server's batcher waits for more requests (default 0.02, the server's own "
                          "default; a longer wait idles after every lone request and so flatters the ratio)")
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
            "server_prefix_cache": a.prefix_cache, "repeats": a.repeats, "servers_measured": [s["kind"] for s in servers]}
     out.update(summary(first))
     out["machine"] = {"cpus": os.cpu_count(), "loadavg_1m_end": round(os.getloadavg()[0], 2),
-                      "python": platform.python_version(), "note": "shared box: other engineers' jobs ran at the same time"}
+                      "python": platform.python_version(), "note": a.note}
     for srv in servers[1:]:
         if srv["kind"] == "llamacpp":
             out["llamacpp"] = summary(srv)

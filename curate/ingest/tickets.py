@@ -288,6 +288,15 @@ def _process_chunk(args: tuple) -> list[Any]:
     return out
 
 
+def _scrub_turn(text: str, turn: int, findings: list) -> str:
+    """:func:`~curate.pii.scrub` one turn's text; its findings, tagged with the turn, go onto ``findings``."""
+    text, found = scrub(text)
+    for x in found:
+        x["turn"] = turn
+    findings.extend(found)
+    return text
+
+
 def build_batch(chunk: tuple) -> tuple[Any, list[Reject], list, int]:
     """``_split(_process_chunk(chunk))`` — the :func:`~curate.store.prepare_row` rows (as a
     :class:`~curate.store.TicketRows` batch on the fast path) and the rejects of one chunk of
@@ -357,19 +366,11 @@ def build_batch(chunk: tuple) -> tuple[Any, list[Reject], list, int]:
         if user.__class__ is not str or asst.__class__ is not str:
             generic(row, loc)
             continue
-        findings = None
+        findings: list = []
         if needs_scrub(user):
-            user, f = scrub(user)
-            if f:
-                for x in f:
-                    x["turn"] = uturn
-                findings = f
+            user = _scrub_turn(user, uturn, findings)
         if needs_scrub(asst):
-            asst, f = scrub(asst)
-            if f:
-                for x in f:
-                    x["turn"] = aturn
-                findings = findings + f if findings else f
+            asst = _scrub_turn(asst, aturn, findings)
         user, asst = clean_text(user), clean_text(asst)
         if not user or not asst:
             generic(row, loc)

@@ -196,11 +196,6 @@ class EngineBatcher(_Queued):
         """Empty the engine's prefix cache before any request queued after this call (vLLM's endpoint of the same name)."""
         self.q.put(_RESET)
 
-    def _admit(self, job: Job) -> None:
-        row = self._row(job)
-        if row is not None:
-            self._admit_rows([row])
-
     def _admit_rows(self, rows: list) -> None:
         """Prefill rows that arrived together (packed when they share a cached prefix) into the batch."""
         try:

@@ -54,6 +54,9 @@ OURS = {
     "cli_b24": {"batch": 24},
     "cli_b24_mem1.5x": {"batch": 24, "mem": 1.5},
     "cli_b8_mem1.5x": {"batch": 8, "mem": 1.5},
+    # the same run under torch.profiler (3 steps after the warm-up; not timed): tables go to --profile-dir
+    "prof_b8_mem1.5x": {"batch": 8, "mem": 1.5, "profile": True},
+    "prof_b8": {"batch": 8, "profile": True},
     "cli_b32_mem1.5x": {"batch": 32, "mem": 1.5},
     "cli_b32_mem1.0x": {"batch": 32, "mem": 1.0},
     "cli_b32_mem1.5x_dropout0.05": {"batch": 32, "mem": 1.5, "dropout": 0.05},  # python -m train's default dropout
@@ -65,6 +68,10 @@ OURS = {
     "abl_nogc": {"batch": 8, "liger": False, "tuning": {"packing": False, "micro_rows": 8, "checkpointed_layers": 0}},
     "abl_pack_liger": {"batch": 8, "tuning": {"micro_rows": 8, "checkpointed_layers": "all"}},
     "abl_pack_liger_nogc": {"batch": 8, "tuning": {"micro_rows": 8, "checkpointed_layers": 0}},
+    # attention kernel forced instead of timed (everything else as python -m train does it)
+    "abl_attn_auto_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "auto"}},
+    "abl_attn_efficient_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "efficient"}},
+    "abl_attn_auto_b8": {"batch": 8, "tuning": {"attn": "auto"}},
 }
 
 
@@ -199,23 +206,49 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     if not liger:
         tuning["liger_loss"] = False
     recs: list[dict] = []
+    prof = None
+    if o.get("profile"):
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        prof = profile(activities=acts, schedule=schedule(wait=max(0, warmup - 1), warmup=1, active=3, repeat=1))
+        prof.start()
+
+    def log(rec: dict) -> None:
+        recs.append(rec)
+        if prof is not None:
+            prof.step()
+
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as td:
         summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, Path(td),
                             device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
-                            log_metrics=recs.append, tuning=tuning)
+                            log_metrics=log, tuning=tuning)
+    if prof is not None:
+        prof.stop()
+        pdir = os.environ.get("WB_BENCH_PROFILE_DIR") or tempfile.gettempdir()
+        os.makedirs(pdir, exist_ok=True)
+        ka = prof.key_averages()
+        with open(os.path.join(pdir, f"prof_{shape}_{mode}.txt"), "w") as f:
+            for key in (("cuda_time_total" if cuda else "cpu_time_total"), "cpu_time_total"):
+                f.write(f"=== 3 steps, sorted by {key}\n")
+                f.write(ka.table(sort_by=key, row_limit=45, max_name_column_width=70) + "\n")
     timed = recs[warmup:]
     prev = recs[warmup - 1]["num_tokens"] if warmup else 0
     toks = timed[-1]["num_tokens"] - prev
     secs = sum((r["num_tokens"] - q) / r["tokens_per_s"] for r, q in
                zip(timed, [prev] + [t["num_tokens"] for t in timed[:-1]]))
     eng = summ["engine"]
-    return {"tokens_per_s_real": toks / secs, "sec": secs,
+    step_s = [round((r["num_tokens"] - q) / r["tokens_per_s"], 4) for r, q in
+              zip(recs, [0] + [t["num_tokens"] for t in recs[:-1]])]
+    return {"tokens_per_s_real": toks / secs, "sec": secs, "step_s": step_s,
+            "step_tokens": [r["num_tokens"] - q for r, q in zip(recs, [0] + [t["num_tokens"] for t in recs[:-1]])],
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
             "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
-            "micro_rows": eng["micro_rows"], "checkpointed_layers": eng["checkpointed_layers"], "engine": eng}
+            "micro_rows": eng["micro_rows"], "checkpointed_layers": eng["checkpointed_layers"],
+            "attention": eng.get("attention"), "alloc_retry_steps": eng.get("alloc_retry_steps"), "engine": eng}
 
 
 def driver(args) -> dict:
@@ -267,6 +300,11 @@ def driver(args) -> dict:
             r = {"error": "timeout"}
         r["wall_s"] = round(time.time() - t, 1)
         res["shapes"][sh]["runs"][item] = r
+        if kind == "ours" and "error" in r and r["error"] != "timeout" and not args.keep_going:
+            res["notes"].append(f"stopped after {sh} {item} failed (--keep-going runs on)")
+            print(f"FAILED {sh} {item}: {str(r.get('error'))[-1500:]}", flush=True)
+            save()
+            break
         tps = r.get("tokens_per_s_real")
         print(f"[{time.strftime('%H:%M:%S')}] {sh:9s} {item:26s} "
               + (f"{tps:9.0f} tok/s  peak {r.get('peak_gib') or 0:.2f} GiB  loss {r.get('loss_end')}"
@@ -295,7 +333,8 @@ def ratios(res: dict) -> None:
                            "mem_x_trl_default": round(r["peak_gib"] / bpk, 2) if bpk and r.get("peak_gib") else None,
                            "loss_rel_diff_vs_trl_default": round(r["loss_end"] / bl - 1, 4)
                            if bl and r.get("loss_end") else None,
-                           "micro_rows": r.get("micro_rows"), "checkpointed_layers": r.get("checkpointed_layers")}
+                           "micro_rows": r.get("micro_rows"), "checkpointed_layers": r.get("checkpointed_layers"),
+                           "attention": r.get("attention")}
         d["table"] = table
 
 
@@ -304,17 +343,19 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dry-run", action="store_true", help="tiny shape, 3 steps, CPU-friendly plan")
     ap.add_argument("--shapes", default="llama1b,smol135m,llama3b")
-    ap.add_argument("--plan", default="trl:default,trl:packed_liger,ours:cli_b32_mem1.5x,ours:cli_b32",
+    ap.add_argument("--plan", default="trl:default,trl:packed_liger,ours:cli_b8,ours:cli_b8_mem1.5x,ours:cli_b24_mem1.5x",
                     help="kind:mode list run on every shape")
     ap.add_argument("--ablation-shape", default="llama1b")
     ap.add_argument("--ablations", default="ours:abl_plain,ours:abl_packing,ours:abl_liger,ours:abl_nogc,ours:abl_pack_liger,"
-                    "ours:abl_pack_liger_nogc,ours:cli_b8,ours:cli_b8_mem1.5x,ours:cli_b32_mem1.0x,"
-                    "ours:cli_b32_mem1.5x_dropout0.05")
+                    "ours:abl_attn_auto_b24_mem1.5x,ours:abl_attn_auto_b8")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting new runs after this many seconds")
     ap.add_argument("--run-timeout", type=float, default=150)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep-going", action="store_true", help="run the rest of the plan after an engine run fails "
+                    "(default: stop, so a broken engine does not spend the device time on the other runs)")
+    ap.add_argument("--profile-dir", default=None, help="where prof_* modes write their torch.profiler tables")
     ap.add_argument("--worker", choices=["trl", "ours"])
     ap.add_argument("--mode")
     ap.add_argument("--shape")
@@ -329,8 +370,10 @@ def main(argv=None) -> int:
         return 0
     if a.dry_run:
         a.shapes, a.steps, a.warmup = "tiny", 4, 1
-        a.plan, a.ablation_shape = "trl:default,ours:cli_b32,ours:cli_b32_mem1.5x", "tiny"
-        a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc"
+        a.plan, a.ablation_shape = "trl:default,ours:cli_b8,ours:cli_b24_mem1.5x", "tiny"
+        a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc,ours:abl_attn_efficient_b24_mem1.5x,ours:prof_b8"
+    if a.profile_dir:
+        os.environ["WB_BENCH_PROFILE_DIR"] = a.profile_dir
     res = driver(a)
     print(json.dumps({sh: d.get("table") for sh, d in res["shapes"].items()}, indent=1))
     return 0

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.engine import choose_micro_batch, run_layers
-from train.kernels import linear_cross_entropy
+from train.engine import choose_attention, choose_micro_batch, run_layers
+from train.kernels import linear_cross_entropy, target_index
 from train.packing import collate_rows, pack_examples
 
 from tests.test_packing import make_examples, tiny_llama
@@ -69,6 +69,45 @@ def test_small_micro_batch_without_checkpointing_can_win():
 def test_nothing_fits_is_a_clear_error():
     with pytest.raises(RuntimeError, match="lower max_length"):
         choose_micro_batch(lambda m, c: None, rows_needed=4, n_active=4)
+
+
+def _attn_fb(speeds: dict, attn: dict):
+    def fb(m, c):
+        v = speeds[attn["backend"]]
+        if isinstance(v, Exception):
+            raise v
+        return v
+    return fb
+
+
+@pytest.mark.parametrize("speeds,expect", [({"auto": 100.0, "efficient": 150.0}, "efficient"),
+                                           ({"auto": 100.0, "efficient": 80.0}, "auto"),
+                                           ({"auto": 100.0, "efficient": None}, "auto"),  # out of memory
+                                           ({"auto": 100.0, "efficient": RuntimeError("no kernel")}, "auto")])
+def test_attention_backend_is_the_faster_timed_one(speeds, expect):
+    attn = {"backend": "auto"}
+    trials = [{"rows": 6, "checkpointed_layers": 2, "tokens_per_s": 100}, {"rows": 3, "checkpointed_layers": 0,
+                                                                           "tokens_per_s": 500}]
+    got = choose_attention(_attn_fb(speeds, attn), 6, 2, trials, attn)
+    assert got == expect and attn["backend"] == expect
+    assert trials[-1]["attention"] == "efficient"  # the try is in the manifest, whatever it gave
+    assert len(trials) == 3  # (3, 0) at 500 tok/s is another micro-batch: not the baseline of this comparison
+
+
+def test_target_index_selects_what_a_boolean_mask_selects():
+    torch.manual_seed(0)
+    lab = torch.randint(0, 50, (3, 17))
+    lab[torch.rand(3, 17) < 0.4] = -100
+    h = torch.randn(3, 17, 8, requires_grad=True)
+    w = torch.randn(50, 8)
+    keep = lab[:, 1:].reshape(-1) != -100
+    ref = torch.nn.functional.cross_entropy(h[:, :-1].reshape(-1, 8)[keep] @ w.t(), lab[:, 1:].reshape(-1)[keep])
+    idx, y = target_index(lab)
+    assert torch.equal(y, lab[:, 1:].reshape(-1)[keep])
+    loss, n = linear_cross_entropy(h, w, None, use_liger=False, targets=(idx, y))
+    assert n == int(keep.sum())
+    torch.testing.assert_close(loss, ref)
+    assert torch.equal(linear_cross_entropy(h, w, lab, use_liger=False)[0], loss)
 
 
 @pytest.mark.parametrize("ckpt", [1, 2])

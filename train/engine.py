@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from .kernels import liger_available, linear_cross_entropy
+from .kernels import liger_available, linear_cross_entropy, target_index
 from .packing import IGNORE, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
@@ -203,6 +203,53 @@ class PrefixCache:
         return out
 
 
+def _sdpa_backends(name: str):
+    """SDPA kernels allowed in a micro-batch: "auto" = torch's own order (cuDNN first on Hopper),
+    "efficient" = the memory-efficient kernel (math as the fallback). The packed rows need a block-diagonal
+    mask, which rules out the flash kernel; cuDNN takes it too, but costs ~1.7 ms of CPU per call on an H200
+    (bench/results/train_speed_profile_b8.txt), which a launch-bound step pays 48 times."""
+    if name == "auto" or not torch.cuda.is_available():
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name != "efficient":
+        raise ValueError(f"unknown attention backend {name!r} (auto, efficient)")
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int, trials: list[dict],
+                     attn: dict) -> str:
+    """Time the chosen micro-batch with each attention backend; the fastest wins (its trial is recorded)."""
+    best = ("auto", max(((t["tokens_per_s"] or 0) for t in trials if t["rows"] == m and t["checkpointed_layers"] == c),
+                        default=0))
+    for name in ("efficient",):
+        attn["backend"] = name
+        try:
+            tps = try_fb(m, c)
+        except RuntimeError:  # no such kernel for this shape/dtype on this GPU
+            tps = None
+        trials.append({"rows": m, "checkpointed_layers": c, "attention": name,
+                       "tokens_per_s": None if tps is None else round(tps)})
+        if tps and tps > best[1]:
+            best = (name, tps)
+    attn["backend"] = best[0]
+    return best[0]
+
+
+def small_step_notice(rank: int, tokens_per_step: float, cfg) -> None:
+    """Say so when a step is too small to keep a GPU busy; the step size is a training setting, so the engine
+    never changes it by itself (the same config trains the same way on every machine)."""
+    if rank == 0 and tokens_per_step < 4096 and cfg.grad_accum == 1:
+        print(f"notice: a step of {cfg.batch_size} examples holds about {tokens_per_step:.0f} tokens; steps this "
+              f"small are bound by kernel launches on a GPU, not by its FLOPs. --grad_accum 3 trains about 2x the "
+              f"tokens/s at the same memory (docs/gpu.md) but is a different optimisation (3x the examples per "
+              f"step), so it is not done for you", file=sys.stderr)
+
+
+def _alloc_retries() -> int:
+    return int(torch.cuda.memory_stats().get("num_alloc_retries", 0))
+
+
 def _pack_step(examples: list[dict], idx: list[int], max_length: int, packing: bool = True):
     """Pack the step's examples; returns (rows, member indices per row). ``packing=False`` (benchmark
     ablation only) gives one example per row, padded like an unpacked batch."""
@@ -312,27 +359,39 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     pad_id = tok.pad_token_id or 0
     n_active = n_layers - k
 
-    def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> float:
+    attn = {"backend": tuning.get("attn", "auto")}  # SDPA backends: "auto" (torch's pick) or "efficient"
+
+    def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
+        """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
+
+        No host sync of its own (Liger's fused loss has one): the targets are picked by an index built on the
+        CPU, and ids/positions/targets travel in one pinned, non-blocking copy, so the CPU keeps queueing
+        kernels while the GPU works (at a few rows per step the step is launch-bound, docs/gpu.md)."""
         # its own frame: after an out-of-memory error every activation of the failed try is freed
         # rows are padded to the longest one, rounded up to a multiple of 64: few distinct shapes, so Triton
         # (Liger) and cuBLAS compile/tune once, not on every new length (measured: seconds per new shape)
         T = min(cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
         b = collate_rows(rws, T, pad_id)
-        pos = b["position_ids"].to(device)
-        lab = b["labels"].to(device)
-        with autocast:
+        tidx, ty = target_index(b["labels"])
+        n = int(ty.numel())
+        flat = torch.cat([b["input_ids"].reshape(-1), b["position_ids"].reshape(-1), tidx, ty])
+        if cuda:
+            flat = flat.pin_memory().to(device, non_blocking=True)
+        BT = b["input_ids"].numel()
+        ids, pos = flat[:BT].view(-1, T), flat[BT:2 * BT].view(-1, T)
+        targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:])
+        with autocast, _sdpa_backends(attn["backend"]):
             if prefix is not None:
                 h = prefix.batch(mbrs, T, H, device)
             else:
-                ids = b["input_ids"].to(device)
                 with torch.no_grad() if k > 0 else nullcontext():
                     h = body.embed_tokens(ids)
                     if k > 0:
                         h = run_layers(body, h, pos, 0, k, final_norm=False)
             h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt)
-            loss, n = linear_cross_entropy(h, head.weight, lab, use_liger=use_liger)
-        (loss * (n / n_targets)).backward()
-        return float(loss.detach()) * n / n_targets
+            loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets)
+            (loss * (n / n_targets)).backward()
+        return loss.detach().float() * (n / n_targets)
 
     # micro-batch (rows per forward/backward) and checkpointed layers: timed up front on CUDA under the memory
     # cap (choose_micro_batch); on CPU a step's rows are split into grad_accum micro-batches, nothing checkpointed
@@ -374,12 +433,21 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
             micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
                                                                        margin_layers=max(1, n_active // 8))
+            if "attn" not in tuning:  # attention kernel: torch's pick (cuDNN on Hopper) vs memory-efficient, timed
+                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn)
             if rank == 0:
                 print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
-                      f"trained layer(s) with activation checkpointing (timed {len(probe_trials)} tries)",
-                      file=sys.stderr)
+                      f"trained layer(s) with activation checkpointing, attention {attn['backend']} "
+                      f"(timed {len(probe_trials)} tries)", file=sys.stderr)
+            small_step_notice(rank, sum(min(len(examples[i]["input_ids"]), cfg.max_length) for ix in steps0 for i in ix)
+                              / max(1, len(steps0)), cfg)
     window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
+    # a memory cap makes the caching allocator free its cache and retry when it hits the cap (a device sync and
+    # new cudaMallocs, every step at the edge); one more slice of checkpointed layers stops that
+    capped = cuda and bool(getattr(cfg, "gpu_memory_gib", 0)) and "micro_rows" not in tuning
+    retries0 = _alloc_retries() if cuda else 0
+    retry_steps: list[int] = []
     bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
     t_train = time.time()
     step = start
@@ -394,7 +462,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         rows, members = _pack_step(examples, idx, cfg.max_length, packing) if idx else ([], [])
         while True:
             try:
-                step_loss = 0.0
+                step_loss = torch.zeros((), device=device)
                 m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
                 for a, z in _balanced(len(rows), m):
                     step_loss += fwd_bwd(rows[a:z], members[a:z], n_targets, ckpt_layers)
@@ -423,9 +491,10 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             for p in trainable:
                 p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
                 o += p.numel()
-            stats = _all_reduce_(torch.tensor([step_loss, float(real)], dtype=torch.float64, device=flat.device))
-            step_loss, real = float(stats[0]), int(stats[1])
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
+            stats = _all_reduce_(torch.stack([step_loss.double(), torch.tensor(float(real), dtype=torch.float64,
+                                                                               device=flat.device)]))
+            step_loss, real = stats[0], int(stats[1])
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)  # a tensor: read only when logged (no sync)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -435,10 +504,21 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         window_n += 1
         losses.append(step_loss)
         bar.update(1)
+        if capped:
+            r = _alloc_retries()
+            if r > retries0:
+                retries0 = r
+                retry_steps.append(step)
+                if ckpt_layers < n_active:
+                    ckpt_layers = min(n_active, ckpt_layers + max(1, n_active // 8))
+                    if rank == 0:
+                        print(f"notice: step {step} reached the GPU memory cap (allocator retry) — "
+                              f"checkpointing {ckpt_layers}/{n_active} layers from now on", file=sys.stderr)
         if step % cfg.logging_steps == 0 or step == total:
+            window_loss = float(window_loss)
             now = time.time()
             tps = tok_win / max(now - t_win, 1e-9)
-            rec = {"step": step, "epoch": step / spe, "loss": window_loss / window_n, "grad_norm": grad_norm,
+            rec = {"step": step, "epoch": step / spe, "loss": window_loss / window_n, "grad_norm": float(grad_norm),
                    "learning_rate": sched.get_last_lr()[0], "num_tokens": seen_tokens, "tokens_per_s": tps}
             log_metrics(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:.0f}")
@@ -447,10 +527,11 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             _save_checkpoint(pm, opt, sched, step, {"num_tokens": seen_tokens}, ck_dir)
     bar.close()
     return {"steps": total, "max_steps": total, "epochs": total / spe, "tokens_seen": seen_tokens,
-            "train_loss": sum(losses) / len(losses) if losses else ckpt_extra.get("train_loss"),
+            "train_loss": float(sum(losses)) / len(losses) if losses else ckpt_extra.get("train_loss"),
             "train_seconds": round(time.time() - t_train, 1),
             "engine": {"name": "fast", "world_size": world, "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
                        "liger": use_liger, "micro_rows": micro_rows, "checkpointed_layers": ckpt_layers,
-                       "trained_layers": n_active, "micro_batch_probe": probe_trials,
+                       "trained_layers": n_active, "micro_batch_probe": probe_trials, "attention": attn["backend"],
+                       "alloc_retry_steps": retry_steps,
                        "packing": packing, "tuning": tuning,
                        "quantization": quant}}

@@ -43,28 +43,34 @@ def apply_liger(model, *, rms_norm: bool = True, rope: bool = True, swiglu: bool
     return {"liger": True, "applied": applied, "reason": ""}
 
 
-def _select_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift (position t predicts label t+1) and keep only positions with a real target."""
-    h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
+def target_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions, labels) of the real targets of ``labels`` [B,T] after the shift (position t predicts
+    label t+1), as indices into ``hidden[..., :-1, :].reshape(-1, H)``. Computed where ``labels`` lives: the
+    engine does it on the CPU copy, so selecting the targets on the GPU needs no device-to-host sync (a boolean
+    mask would: its size is data-dependent)."""
     y = labels[..., 1:].reshape(-1)
-    keep = y != IGNORE
-    return h[keep], y[keep]
+    idx = (y != IGNORE).nonzero().squeeze(1)
+    return idx, y[idx]
 
 
 def _chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy((h @ w.t()).float(), y, reduction="sum")
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                         use_liger: bool | None = None, chunk_tokens: int = 4096) -> tuple[torch.Tensor, int]:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None, *,
+                         use_liger: bool | None = None, chunk_tokens: int = 4096,
+                         targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """(mean loss over targets, number of targets) for hidden [B,T,H], lm_head weight [V,H], labels [B,T].
 
     ``use_liger``: None = Liger when available; True forces it (error if unavailable); False = chunked torch.
+    ``targets``: :func:`target_index` of the labels, already on ``hidden``'s device (then ``labels`` is unused).
     """
-    h, y = _select_targets(hidden, labels)
+    idx, y = targets if targets is not None else target_index(labels)
     n = int(y.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0
+    h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1]).index_select(0, idx.to(hidden.device))
+    y = y.to(hidden.device)
     if use_liger is None:
         use_liger = liger_available() and hidden.is_cuda
     if use_liger:

@@ -71,27 +71,34 @@ def test_nothing_fits_is_a_clear_error():
         choose_micro_batch(lambda m, c: None, rows_needed=4, n_active=4)
 
 
-def _attn_fb(speeds: dict, attn: dict):
+def _attn_fb(speeds: dict, attn: dict, losses: dict, loss_of: dict):
     def fb(m, c):
         v = speeds[attn["backend"]]
         if isinstance(v, Exception):
             raise v
+        losses[(m, c, attn["backend"])] = loss_of.get(attn["backend"], 2.0)
         return v
     return fb
 
 
-@pytest.mark.parametrize("speeds,expect", [({"auto": 100.0, "efficient": 150.0}, "efficient"),
-                                           ({"auto": 100.0, "efficient": 80.0}, "auto"),
-                                           ({"auto": 100.0, "efficient": None}, "auto"),  # out of memory
-                                           ({"auto": 100.0, "efficient": RuntimeError("no kernel")}, "auto")])
-def test_attention_backend_is_the_faster_timed_one(speeds, expect):
+@pytest.mark.parametrize("speeds,loss_of,expect", [
+    ({"varlen": 150.0, "efficient": 90.0}, {}, "varlen"),
+    ({"varlen": 120.0, "efficient": 130.0}, {}, "efficient"),
+    ({"varlen": 80.0, "efficient": None}, {}, "auto"),  # slower / out of memory
+    ({"varlen": RuntimeError("no kernel"), "efficient": 99.0}, {}, "auto"),  # not built for this GPU
+    ({"varlen": 300.0, "efficient": 99.0}, {"varlen": 2.5}, "auto"),  # fast but a different loss: rejected
+])
+def test_attention_kernel_is_the_fastest_that_agrees(speeds, loss_of, expect):
     attn = {"backend": "auto"}
+    losses = {(6, 2, "auto"): 2.0}
     trials = [{"rows": 6, "checkpointed_layers": 2, "tokens_per_s": 100}, {"rows": 3, "checkpointed_layers": 0,
                                                                            "tokens_per_s": 500}]
-    got = choose_attention(_attn_fb(speeds, attn), 6, 2, trials, attn)
+    got = choose_attention(_attn_fb(speeds, attn, losses, loss_of), 6, 2, trials, attn, losses)
     assert got == expect and attn["backend"] == expect
-    assert trials[-1]["attention"] == "efficient"  # the try is in the manifest, whatever it gave
-    assert len(trials) == 3  # (3, 0) at 500 tok/s is another micro-batch: not the baseline of this comparison
+    # every try is in the manifest, whatever it gave; (3, 0) at 500 tok/s is another micro-batch, not the baseline
+    assert [t.get("attention") for t in trials[2:]] == ["varlen", "efficient"]
+    if loss_of:
+        assert "rejected" in trials[2]["note"]
 
 
 def test_target_index_selects_what_a_boolean_mask_selects():
@@ -134,6 +141,68 @@ def test_selective_checkpointing_is_exact(ckpt):
     assert g0.keys() == g1.keys() and len(g0) > 0
     for n in g0:
         torch.testing.assert_close(g0[n], g1[n], rtol=1e-5, atol=1e-7)
+
+
+def _segments(rows, T):
+    from train.kernels import row_segments
+
+    cu, longest = row_segments(rows, T)
+    return torch.tensor(cu, dtype=torch.int32), longest
+
+
+def test_row_segments_cover_every_token_once():
+    rows = pack_examples(make_examples(12), 96)
+    cu, longest = _segments(rows, 96)
+    assert cu[0] == 0 and cu[-1] == len(rows) * 96 and bool((cu[1:] > cu[:-1]).all())
+    assert longest == int((cu[1:] - cu[:-1]).max())
+    # every example is exactly one segment, plus one padding tail per row that has one
+    n_tails = sum(len(r.input_ids) < 96 for r in rows)
+    assert len(cu) - 1 == sum(len(r.sources) for r in rows) + n_tails
+
+
+def test_varlen_attention_path_equals_the_masked_path(monkeypatch):
+    """The engine's variable-length attention wiring (segments, head layout, grouped-query heads, kwargs through
+    the decoder layers, checkpointed layers) gives the masked SDPA loss and LoRA gradients. On CPU the kernel is
+    the per-segment SDPA reference; the CUDA flash kernel is checked against it in tests/test_kernels.py."""
+    from peft import LoraConfig, get_peft_model
+
+    from train import kernels
+
+    calls = []
+
+    def counted(*a):
+        calls.append(a[0].shape)
+        return kernels.reference_varlen(*a)
+
+    monkeypatch.setitem(kernels.VARLEN_KERNEL, "fn", counted)
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    pm.train()
+    body, head = pm.get_base_model().model, pm.get_base_model().lm_head
+    assert body.config.num_key_value_heads < body.config.num_attention_heads  # the GQA path is exercised
+    rows = pack_examples(make_examples(12), 96)
+    b = collate_rows(rows, 96)
+
+    def loss_and_grads(varlen):
+        pm.zero_grad(set_to_none=True)
+        with kernels.varlen_attention() if varlen else torch.enable_grad():
+            h = run_layers(body, body.embed_tokens(b["input_ids"]), b["position_ids"], 0, 2, final_norm=True,
+                           checkpoint_layers=1, varlen=_segments(rows, 96) if varlen else None)
+            loss, _ = linear_cross_entropy(h, head.weight, b["labels"], use_liger=False)
+            loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}
+
+    l0, g0 = loss_and_grads(False)
+    assert calls == []
+    l1, g1 = loss_and_grads(True)
+    assert len(calls) == 3  # 2 layers forward + the checkpointed one recomputed: the varlen kernel really ran
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-4, atol=1e-6)
+    # outside the context manager transformers' own "sdpa" is back
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    assert "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
 
 
 def test_balanced_split_covers_every_row_once():

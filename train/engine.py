@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from .kernels import liger_available, linear_cross_entropy, target_index
+from .kernels import liger_available, linear_cross_entropy, row_segments, target_index, varlen_attention
 from .packing import IGNORE, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
@@ -78,22 +78,26 @@ def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
 
 
 def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, *, final_norm: bool,
-               checkpoint_layers: int = 0) -> torch.Tensor:
+               checkpoint_layers: int = 0, varlen: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """Decoder layers ``lo:hi`` of ``body`` on ``hidden`` [B,T,H] with packed position ids (no attention
     across examples: transformers builds the block-diagonal mask from the restarting position ids).
 
     ``checkpoint_layers``: the first N of these layers keep only their input for backward and recompute the
-    rest (selective activation checkpointing: N is chosen by :func:`choose_micro_batch` to fit memory)."""
-    mask = _causal_mask(body.config, hidden, pos)
+    rest (selective activation checkpointing: N is chosen by :func:`choose_micro_batch` to fit memory).
+
+    ``varlen`` = (cu_seqlens on the device, longest segment): variable-length attention over the flattened rows
+    (:class:`train.kernels.varlen_attention` must be active) instead of a block-diagonal mask."""
+    mask = _causal_mask(body.config, hidden, pos) if varlen is None else None
+    kw = {} if varlen is None else {"wb_cu_seqlens": varlen[0], "wb_max_seqlen": varlen[1]}
     pe = body.rotary_emb(hidden, position_ids=pos)
     for i, layer in enumerate(body.layers[lo:hi]):
         if i < checkpoint_layers and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
             hidden = checkpoint(lambda h, _l=layer: _l(h, attention_mask=mask, position_embeddings=pe,
-                                                       position_ids=pos), hidden, use_reentrant=False)
+                                                       position_ids=pos, **kw), hidden, use_reentrant=False)
         else:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos, **kw)
     return body.norm(hidden) if final_norm else hidden
 
 
@@ -204,32 +208,47 @@ class PrefixCache:
 
 
 def _sdpa_backends(name: str):
-    """SDPA kernels allowed in a micro-batch: "auto" = torch's own order (cuDNN first on Hopper),
-    "efficient" = the memory-efficient kernel (math as the fallback). The packed rows need a block-diagonal
-    mask, which rules out the flash kernel; cuDNN takes it too, but costs ~1.7 ms of CPU per call on an H200
-    (bench/results/train_speed_profile_b8.txt), which a launch-bound step pays 48 times."""
+    """Attention kernel of a micro-batch: "auto" = SDPA in torch's own order (cuDNN first on Hopper) with the
+    block-diagonal mask, "efficient" = SDPA's memory-efficient kernel with the mask, "varlen" = FlashAttention's
+    variable-length kernel over the packed examples (no mask; :class:`train.kernels.varlen_attention`).
+    cuDNN with a mask costs ~1.7 ms of CPU per call on an H200 (bench/results/train_speed_profile_b8.txt),
+    which a launch-bound step pays 48 times."""
+    if name == "varlen":
+        return varlen_attention()
     if name == "auto" or not torch.cuda.is_available():
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if name != "efficient":
-        raise ValueError(f"unknown attention backend {name!r} (auto, efficient)")
+        raise ValueError(f"unknown attention backend {name!r} (auto, efficient, varlen)")
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int, trials: list[dict],
-                     attn: dict) -> str:
-    """Time the chosen micro-batch with each attention backend; the fastest wins (its trial is recorded)."""
+                     attn: dict, losses: dict | None = None, rtol: float = 1e-2) -> str:
+    """Time the chosen micro-batch (``m`` rows, ``c`` checkpointed layers) with each other attention kernel;
+    the fastest wins. ``losses`` maps (m, c, backend) to the loss ``try_fb`` measured: a kernel whose loss is
+    not within ``rtol`` of SDPA's on the same rows is rejected (a guard, not the proof: tests/test_kernels.py
+    checks the kernels themselves). A kernel that fails (not built for this GPU/dtype/torch) is skipped.
+    Every try is recorded in ``trials`` (the run manifest)."""
     best = ("auto", max(((t["tokens_per_s"] or 0) for t in trials if t["rows"] == m and t["checkpointed_layers"] == c),
                         default=0))
-    for name in ("efficient",):
+    losses = losses if losses is not None else {}
+    ref = losses.get((m, c, "auto"))
+    for name in ("varlen", "efficient"):
         attn["backend"] = name
+        note = None
         try:
             tps = try_fb(m, c)
-        except RuntimeError:  # no such kernel for this shape/dtype on this GPU
-            tps = None
-        trials.append({"rows": m, "checkpointed_layers": c, "attention": name,
-                       "tokens_per_s": None if tps is None else round(tps)})
+        except Exception as e:  # noqa: BLE001 — any failure of an optional kernel means: not this one
+            tps, note = None, f"{type(e).__name__}: {str(e)[:160]}"
+        got = losses.get((m, c, name))
+        if tps and ref is not None and (got is None or not abs(got - ref) <= rtol * abs(ref)):
+            tps, note = None, f"loss {got} vs SDPA's {ref}: rejected"
+        t = {"rows": m, "checkpointed_layers": c, "attention": name, "tokens_per_s": None if tps is None else round(tps)}
+        if note:
+            t["note"] = note
+        trials.append(t)
         if tps and tps > best[1]:
             best = (name, tps)
     attn["backend"] = best[0]
@@ -374,12 +393,15 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         b = collate_rows(rws, T, pad_id)
         tidx, ty = target_index(b["labels"])
         n = int(ty.numel())
-        flat = torch.cat([b["input_ids"].reshape(-1), b["position_ids"].reshape(-1), tidx, ty])
+        cu, longest = row_segments(rws, T) if attn["backend"] == "varlen" else ([], 0)
+        flat = torch.cat([b["input_ids"].reshape(-1), b["position_ids"].reshape(-1), tidx, ty,
+                          torch.tensor(cu, dtype=torch.long)])
         if cuda:
             flat = flat.pin_memory().to(device, non_blocking=True)
         BT = b["input_ids"].numel()
         ids, pos = flat[:BT].view(-1, T), flat[BT:2 * BT].view(-1, T)
-        targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:])
+        targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
+        varlen = (flat[2 * BT + 2 * n:].to(torch.int32), longest) if cu else None
         with autocast, _sdpa_backends(attn["backend"]):
             if prefix is not None:
                 h = prefix.batch(mbrs, T, H, device)
@@ -388,7 +410,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                     h = body.embed_tokens(ids)
                     if k > 0:
                         h = run_layers(body, h, pos, 0, k, final_norm=False)
-            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt)
+            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen)
             loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets)
             (loss * (n / n_targets)).backward()
         return loss.detach().float() * (n / n_targets)
@@ -409,6 +431,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         need = max(1, math.ceil(most / cfg.grad_accum))
         if rows0:
             full = sorted(range(len(rows0)), key=lambda r: -len(rows0[r].input_ids))
+            probe_losses: dict = {}
 
             def try_fb(m: int, c: int) -> float | None:
                 sel = [full[i % len(full)] for i in range(m)]
@@ -420,9 +443,11 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                         for rep in range(3):  # first: fit check and warm-up; then the best of two timed passes
                             torch.cuda.synchronize()
                             t0 = time.perf_counter()
-                            fwd_bwd(rws, mbrs, 1, c)
+                            loss = fwd_bwd(rws, mbrs, 1, c)
                             torch.cuda.synchronize()
                             dts.append(time.perf_counter() - t0)
+                            if rep == 0:
+                                probe_losses[(m, c, attn["backend"])] = float(loss)
                     return real / min(dts[1:])
                 except torch.OutOfMemoryError:
                     return None
@@ -433,8 +458,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
             micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
                                                                        margin_layers=max(1, n_active // 8))
-            if "attn" not in tuning:  # attention kernel: torch's pick (cuDNN on Hopper) vs memory-efficient, timed
-                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn)
+            if "attn" not in tuning:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
+                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn, probe_losses)
             if rank == 0:
                 print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
                       f"trained layer(s) with activation checkpointing, attention {attn['backend']} "

@@ -87,3 +87,87 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         else:
             total = total + _chunk_loss_sum(hs, weight, ys)
     return total / n, n
+
+
+# ---- variable-length attention over packed rows (no mask, no work across examples) -------------------------
+
+def row_segments(rows, T: int) -> tuple[list[int], int]:
+    """cu_seqlens over a micro-batch flattened to ``len(rows) * T`` tokens: every packed example is a segment,
+    and so is each row's padding tail (it attends only to itself and is never a target). Returns
+    (boundaries, longest segment)."""
+    cu, longest = [0], 1
+    for b, r in enumerate(rows):
+        base = b * T
+        for a, z in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:]):
+            cu.append(base + z)
+            longest = max(longest, z - a)
+        if len(r.input_ids) < T:
+            cu.append(base + T)
+            longest = max(longest, T - len(r.input_ids))
+    return cu, longest
+
+
+def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+                 scale: float | None) -> torch.Tensor:
+    """Causal attention within each segment of ``cu`` for q/k/v [tokens, heads, dim] (k/v already expanded to
+    q's heads): PyTorch's own FlashAttention-2 varlen kernel (CUDA, fp16/bf16), with its autograd formula."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False,
+                                                   scale=scale)[0]
+
+
+def reference_varlen(q, k, v, cu, max_len, scale):
+    """The same attention, one segment at a time through SDPA (CPU tests, and the CUDA agreement test)."""
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    for a, z in zip(bounds[:-1], bounds[1:]):
+        o = F.scaled_dot_product_attention(q[a:z].transpose(0, 1), k[a:z].transpose(0, 1), v[a:z].transpose(0, 1),
+                                           is_causal=True, scale=scale)
+        out[a:z] = o.transpose(0, 1)
+    return out
+
+
+VARLEN_KERNEL = {"fn": flash_varlen}  # tests swap in reference_varlen on CPU
+
+
+def _make_dispatch(orig):
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        cu = kwargs.pop("wb_cu_seqlens", None)
+        max_len = kwargs.pop("wb_max_seqlen", None)
+        if cu is None:  # anything but the engine's packed forward: transformers' own SDPA path, untouched
+            return orig(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        B, Hq, T, D = query.shape
+        rep = Hq // key.shape[1]
+
+        def flat(x):
+            x = x.transpose(1, 2)  # [B, T, heads, D]
+            if rep > 1 and x.shape[2] != Hq:
+                x = x.repeat_interleave(rep, dim=2)  # grouped-query heads, in transformers' repeat_kv order
+            return x.reshape(B * T, Hq, D)
+
+        out = VARLEN_KERNEL["fn"](flat(query), flat(key), flat(value), cu, max_len, scaling)
+        return out.view(B, T, Hq, D), None
+
+    return attention
+
+
+class varlen_attention:
+    """Context manager: while active, transformers' "sdpa" attention accepts ``wb_cu_seqlens`` /
+    ``wb_max_seqlen`` (passed down by :func:`train.engine.run_layers`) and then runs variable-length attention
+    instead of a masked SDPA; calls without them are unchanged. The block-diagonal mask of a packed row is
+    never built, and no work is spent on the masked-out blocks across examples."""
+
+    def __enter__(self):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as F_
+
+        self._f = F_
+        self._had = "sdpa" in F_._local_mapping
+        self._prev = F_._local_mapping.get("sdpa")
+        F_["sdpa"] = _make_dispatch(F_["sdpa"])
+        return self
+
+    def __exit__(self, *exc):
+        if self._had:
+            self._f["sdpa"] = self._prev
+        else:
+            del self._f["sdpa"]
+        return False

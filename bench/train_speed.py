@@ -72,6 +72,10 @@ OURS = {
     "abl_attn_auto_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "auto"}},
     "abl_attn_efficient_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "efficient"}},
     "abl_attn_auto_b8": {"batch": 8, "tuning": {"attn": "auto"}},
+    "abl_attn_varlen_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "varlen"}},
+    # each trick off on its own at the 24-example step, everything else as python -m train does it
+    "abl_b24_nopacking_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"packing": False}},
+    "abl_b24_noliger_mem1.5x": {"batch": 24, "mem": 1.5, "liger": False},
 }
 
 
@@ -272,8 +276,8 @@ def driver(args) -> dict:
                 json.dump(res, f, indent=1)
 
     plan = []
-    for sh in shapes:  # the core plan on every shape first, then the ablations on the ablation shape
-        plan += [(sh, item) for item in args.plan.split(",")]
+    for sh in shapes:  # the core plan on every shape first (--repeats rounds of it), then the ablations
+        plan += [(sh, item) for _ in range(args.repeats) for item in args.plan.split(",")]
     if args.ablations:
         plan += [(args.ablation_shape, item) for item in args.ablations.split(",")]
     for sh, item in plan:
@@ -286,7 +290,7 @@ def driver(args) -> dict:
             t = time.time()
             build_model(sh, device)
             res["shapes"][sh] = {"build_s": round(time.time() - t, 1), "runs": {}}
-        ref = res["shapes"][sh]["runs"].get("trl:default", {}).get("peak_gib")
+        ref = res["shapes"][sh]["runs"].get("trl:default", {}).get("peak_gib") or args.mem_ref
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--mode", mode, "--shape", sh,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
         if ref:
@@ -299,7 +303,13 @@ def driver(args) -> dict:
         except subprocess.TimeoutExpired:
             r = {"error": "timeout"}
         r["wall_s"] = round(time.time() - t, 1)
-        res["shapes"][sh]["runs"][item] = r
+        runs = res["shapes"][sh]["runs"]
+        if item in runs and "tokens_per_s_real" in runs[item]:  # a repeat: kept beside the first
+            runs[item].setdefault("repeats", []).append(
+                {k: r.get(k) for k in ("tokens_per_s_real", "peak_gib", "loss_end", "attention", "micro_rows",
+                                       "checkpointed_layers", "error", "wall_s")})
+        else:
+            runs[item] = r
         if kind == "ours" and "error" in r and r["error"] != "timeout" and not args.keep_going:
             res["notes"].append(f"stopped after {sh} {item} failed (--keep-going runs on)")
             print(f"FAILED {sh} {item}: {str(r.get('error'))[-1500:]}", flush=True)
@@ -317,16 +327,24 @@ def driver(args) -> dict:
 def ratios(res: dict) -> None:
     for sh, d in res["shapes"].items():
         runs = d["runs"]
-        base = runs.get("trl:default", {}).get("tokens_per_s_real")
-        pl = runs.get("trl:packed_liger", {}).get("tokens_per_s_real")
+
+        def med(r: dict) -> float | None:  # median over the first run and its --repeats
+            xs = sorted(x["tokens_per_s_real"] for x in [r] + r.get("repeats", []) if x.get("tokens_per_s_real"))
+            return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else None
+
+        base = med(runs.get("trl:default", {}))
+        pl = med(runs.get("trl:packed_liger", {}))
         bpk = runs.get("trl:default", {}).get("peak_gib")
         bl = runs.get("trl:default", {}).get("loss_end")
         table = {}
         for name, r in runs.items():
-            t = r.get("tokens_per_s_real")
+            t = med(r)
             if not t:
                 continue
-            table[name] = {"tokens_per_s_real": round(t), "peak_gib": r.get("peak_gib") and round(r["peak_gib"], 2),
+            table[name] = {"tokens_per_s_real": round(t), "samples": [round(x["tokens_per_s_real"]) for x in
+                                                                      [r] + r.get("repeats", [])
+                                                                      if x.get("tokens_per_s_real")],
+                           "peak_gib": r.get("peak_gib") and round(r["peak_gib"], 2),
                            "loss_end": r.get("loss_end") and round(r["loss_end"], 4),
                            "x_trl_default": round(t / base, 2) if base else None,
                            "x_trl_packed_liger": round(t / pl, 2) if pl else None,
@@ -350,6 +368,8 @@ def main(argv=None) -> int:
                     "ours:abl_attn_auto_b24_mem1.5x,ours:abl_attn_auto_b8")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of --plan per shape (interleaved); the table "
+                    "reports the median tokens/s of each configuration and every sample")
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting new runs after this many seconds")
     ap.add_argument("--run-timeout", type=float, default=150)
     ap.add_argument("--out", default=None)
@@ -359,7 +379,8 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", choices=["trl", "ours"])
     ap.add_argument("--mode")
     ap.add_argument("--shape")
-    ap.add_argument("--mem-ref", type=float, default=None)
+    ap.add_argument("--mem-ref", type=float, default=None, help="TRL default's peak GiB, for the memory-capped runs "
+                    "of a plan without trl:default (else that run's own peak is used)")
     a = ap.parse_args(argv)
     if a.worker:
         if a.worker == "trl":
@@ -370,7 +391,7 @@ def main(argv=None) -> int:
         return 0
     if a.dry_run:
         a.shapes, a.steps, a.warmup = "tiny", 4, 1
-        a.plan, a.ablation_shape = "trl:default,ours:cli_b8,ours:cli_b24_mem1.5x", "tiny"
+        a.plan, a.ablation_shape, a.repeats = "trl:default,ours:cli_b8,ours:cli_b24_mem1.5x", "tiny", 2
         a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc,ours:abl_attn_efficient_b24_mem1.5x,ours:prof_b8"
     if a.profile_dir:
         os.environ["WB_BENCH_PROFILE_DIR"] = a.profile_dir

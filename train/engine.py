@@ -14,6 +14,8 @@ cheaper, each exact (``tests/test_train.py`` and ``tests/test_engine_micro.py`` 
   and reused every epoch; each step runs only the top N layers forward and backward. On a 2-core CPU this
   is what makes ``make demo`` fit its budget;
 * CUDA: NF4 QLoRA (bitsandbytes, double quant, bf16 compute), Liger RMSNorm/RoPE/SwiGLU when installed,
+  the attention kernel for packed rows timed (masked SDPA, memory-efficient SDPA or FlashAttention varlen,
+  :func:`choose_attention`), no host sync of the engine's own inside a step,
   and the micro-batch sized to memory before the first step: :func:`choose_micro_batch` times a few
   forward+backward passes (no checkpointing / all layers / the fewest layers that fit) under the memory cap
   (``gpu_memory_gib``) and keeps the fastest; an out-of-memory error later checkpoints every layer, then

@@ -9,7 +9,12 @@
   prompt tokens before the matmul). On CUDA with Liger it uses ``LigerFusedLinearCrossEntropyLoss``;
   otherwise a chunked PyTorch version (each chunk's logits are recomputed in backward via checkpointing).
 
-``tests/test_kernels.py`` checks each path against the plain ``model(..., labels=...)`` loss.
+* :class:`varlen_attention` (with :func:`row_segments`) runs attention over packed rows with PyTorch's
+  FlashAttention-2 variable-length kernel instead of SDPA with a block-diagonal mask: no mask is built and
+  nothing is computed across examples. The engine's probe times it against the masked kernels.
+
+``tests/test_kernels.py`` checks each path against the plain ``model(..., labels=...)`` loss (and the varlen
+kernel against per-segment SDPA on CUDA); ``tests/test_engine_micro.py`` checks the varlen wiring on CPU.
 """
 from __future__ import annotations
 

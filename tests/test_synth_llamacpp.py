@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_synth_server import SEEDS  # the same three banking seeds for both servers
+
 pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = [
-    ("I still have not received my new card, when will it arrive?", "card_arrival"),
-    ("How do I top up my account with a bank transfer?", "transfer_into_account"),
-    ("My card payment was declined at the shop today.", "declined_card_payment"),
-]
 
 
 @pytest.fixture(scope="module")

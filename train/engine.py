@@ -209,7 +209,7 @@ class PrefixCache:
         return out
 
 
-def _sdpa_backends(name: str):
+def _attention_kernel(name: str):
     """Attention kernel of a micro-batch: "auto" = SDPA in torch's own order (cuDNN first on Hopper) with the
     block-diagonal mask, "efficient" = SDPA's memory-efficient kernel with the mask, "varlen" = FlashAttention's
     variable-length kernel over the packed examples (no mask; :class:`train.kernels.varlen_attention`).
@@ -227,7 +227,7 @@ def _sdpa_backends(name: str):
 
 
 def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int, trials: list[dict],
-                     attn: dict, losses: dict | None = None, rtol: float = 1e-2) -> str:
+                     attn: dict, losses: dict, rtol: float = 1e-2) -> str:
     """Time the chosen micro-batch (``m`` rows, ``c`` checkpointed layers) with each other attention kernel;
     the fastest wins. ``losses`` maps (m, c, backend) to the loss ``try_fb`` measured: a kernel whose loss is
     not within ``rtol`` of SDPA's on the same rows is rejected (a guard, not the proof: tests/test_kernels.py
@@ -235,7 +235,6 @@ def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int,
     Every try is recorded in ``trials`` (the run manifest)."""
     speed = {"auto": max(((t["tokens_per_s"] or 0) for t in trials
                           if t["rows"] == m and t["checkpointed_layers"] == c and "attention" not in t), default=0)}
-    losses = losses if losses is not None else {}
     ref = losses.get((m, c, "auto"))
     # SDPA is timed once more after the others: the chooser's first try at (m, c) often comes right after
     # out-of-memory tries and reads low (H200: 30.8k, then 40.6k for the same rows), which would favour the others
@@ -382,7 +381,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     pad_id = tok.pad_token_id or 0
     n_active = n_layers - k
 
-    attn = {"backend": tuning.get("attn", "auto")}  # SDPA backends: "auto" (torch's pick) or "efficient"
+    attn = {"backend": tuning.get("attn", "auto")}  # attention kernel: "auto" (masked SDPA), "efficient", "varlen"
 
     def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
         """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
@@ -406,7 +405,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         ids, pos = flat[:BT].view(-1, T), flat[BT:2 * BT].view(-1, T)
         targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
         varlen = (flat[2 * BT + 2 * n:].to(torch.int32), longest) if cu else None
-        with autocast, _sdpa_backends(attn["backend"]):
+        with autocast, _attention_kernel(attn["backend"]):
             if prefix is not None:
                 h = prefix.batch(mbrs, T, H, device)
             else:

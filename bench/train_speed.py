@@ -15,6 +15,7 @@ packing+Liger, per shape, plus the ablation rows (each trick on its own).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -76,6 +77,8 @@ OURS = {
     # each trick off on its own at the 24-example step, everything else as python -m train does it
     "abl_b24_nopacking_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"packing": False}},
     "abl_b24_noliger_mem1.5x": {"batch": 24, "mem": 1.5, "liger": False},
+    # the Python garbage collector left as it is (no gc.freeze of the run's long-lived objects)
+    "abl_b24_pygc_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"gc_freeze": False}},
 }
 
 
@@ -186,7 +189,7 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     from peft import get_peft_model
 
     from train.config import TrainConfig
-    from train.engine import train_engine
+    from train.engine import _pack_step, epoch_order, train_engine
     from train.kernels import apply_liger, liger_available
     from train.recipe import load_base, lora_config
 
@@ -223,12 +226,32 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
         if prof is not None:
             prof.step()
 
+    # full (oldest-generation) garbage collections: [step they fell in (1 = setup, probe or step 1), seconds]
+    gc_full: list[list] = []
+    gc_t0 = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                gc_t0[0] = time.perf_counter()
+            else:
+                gc_full.append([len(recs) + 1, round(time.perf_counter() - gc_t0[0], 4)])
+
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as td:
-        summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, Path(td),
-                            device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
-                            log_metrics=log, tuning=tuning)
+    gc.callbacks.append(on_gc)
+    try:
+        with tempfile.TemporaryDirectory() as td:
+            summ = train_engine(cfg, pm, types.SimpleNamespace(pad_token_id=0), exs, Path(td),
+                                device="cuda" if cuda else "cpu", quant="nf4" if cuda else "none", resume_ckpt=None,
+                                log_metrics=log, tuning=tuning)
+    finally:
+        gc.callbacks.remove(on_gc)
+    # packed rows per step (the engine's own packing of the same order): first occurrences of a row count are new
+    # tensor shapes, the other suspect for a slow step
+    order, per = epoch_order(len(exs), cfg.seed, 0), cfg.batch_size * cfg.grad_accum
+    step_rows = [len(_pack_step(exs, order[j * per:(j + 1) * per], cfg.max_length,
+                                tuning.get("packing", True))[0]) for j in range(min(steps, len(exs) // per))]
     if prof is not None:
         prof.stop()
         pdir = os.environ.get("WB_BENCH_PROFILE_DIR") or tempfile.gettempdir()
@@ -248,6 +271,7 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
               zip(recs, [0] + [t["num_tokens"] for t in recs[:-1]])]
     return {"tokens_per_s_real": toks / secs, "sec": secs, "step_s": step_s,
             "step_tokens": [r["num_tokens"] - q for r, q in zip(recs, [0] + [t["num_tokens"] for t in recs[:-1]])],
+            "step_rows": step_rows, "gc_full": gc_full,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
             "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
@@ -392,7 +416,8 @@ def main(argv=None) -> int:
     if a.dry_run:
         a.shapes, a.steps, a.warmup = "tiny", 4, 1
         a.plan, a.ablation_shape, a.repeats = "trl:default,ours:cli_b8,ours:cli_b24_mem1.5x", "tiny", 2
-        a.ablations = "ours:abl_plain,ours:abl_packing,ours:abl_nogc,ours:abl_attn_efficient_b24_mem1.5x,ours:prof_b8"
+        a.ablations = ("ours:abl_plain,ours:abl_packing,ours:abl_nogc,ours:abl_attn_efficient_b24_mem1.5x,ours:prof_b8,"
+                       "ours:abl_b24_pygc_mem1.5x")
     if a.profile_dir:
         os.environ["WB_BENCH_PROFILE_DIR"] = a.profile_dir
     res = driver(a)

@@ -6,6 +6,7 @@ masks and run folder are exercised in seconds.
 """
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -195,12 +196,20 @@ def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lor
                       logging_steps=1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     pm = get_peft_model(model, lora_config(cfg, model))
-    logged = []
+    logged, frozen = [], []
+    frozen_before = gc.get_freeze_count()
+
+    def log(rec):
+        logged.append(rec)
+        frozen.append(gc.get_freeze_count())
+
     out = train_engine(cfg, pm, tok, ts.examples, tmp_path, device="cpu", quant="none", resume_ckpt=None,
-                       log_metrics=logged.append)
+                       log_metrics=log)
     assert abs(logged[0]["loss"] - ref) / ref < 1e-4, (logged[0]["loss"], ref)
     assert out["engine"]["prefix_cached"] == (lora_layers > 0)
     assert out["tokens_seen"] == ts.tokens
+    # the run's long-lived objects are out of the collector's reach while it trains, and back after
+    assert frozen[0] > frozen_before + 10_000 and gc.get_freeze_count() == frozen_before
 
 
 def _run_train(ws: Path, model: Path, out: Path, **over):

@@ -144,26 +144,33 @@ def test_selective_checkpointing_is_exact(ckpt):
         torch.testing.assert_close(g0[n], g1[n], rtol=1e-5, atol=1e-7)
 
 
-def _segments(rows, T):
-    from train.kernels import row_segments
+@pytest.mark.parametrize("multiple", [1, 64, 96])
+def test_flat_micro_batch_holds_every_token_once(multiple):
+    """collate_flat: the rows' examples back to back in one sequence, one segment each, plus a padding tail up to
+    the multiple; tokens, labels and positions are the rows' own, and the targets are the rows' targets."""
+    from train.packing import collate_flat
 
-    cu, longest = row_segments(rows, T)
-    return torch.tensor(cu, dtype=torch.int32), longest
-
-
-def test_row_segments_cover_every_token_once():
     rows = pack_examples(make_examples(12), 96)
-    cu, longest = _segments(rows, 96)
-    assert cu[0] == 0 and cu[-1] == len(rows) * 96 and bool((cu[1:] > cu[:-1]).all())
-    assert longest == int((cu[1:] - cu[:-1]).max())
-    # every example is exactly one segment, plus one padding tail per row that has one
-    n_tails = sum(len(r.input_ids) < 96 for r in rows)
-    assert len(cu) - 1 == sum(len(r.sources) for r in rows) + n_tails
+    f = collate_flat(rows, multiple)
+    real = sum(len(r.input_ids) for r in rows)
+    N = f["input_ids"].shape[1]
+    assert f["input_ids"].shape == f["labels"].shape == f["position_ids"].shape == (1, N)
+    assert N % multiple == 0 and real <= N < real + multiple and f["n_real"] == real
+    cu = f["cu_seqlens"]
+    assert cu[0] == 0 and cu[-1] == N and all(z > a for a, z in zip(cu, cu[1:]))
+    assert len(cu) - 1 == sum(len(r.sources) for r in rows) + (N > real)
+    assert f["longest"] == max(z - a for a, z in zip(cu, cu[1:]))
+    assert f["input_ids"][0, :real].tolist() == [t for r in rows for t in r.input_ids]
+    assert f["position_ids"][0, :real].tolist() == [p for r in rows for p in r.position_ids]
+    assert f["labels"][0, real:].eq(-100).all() and f["n_targets"] == collate_rows(rows, 96)["n_targets"]
+    for a, z in zip(cu, cu[1:]):  # positions restart at every segment: each is its own sequence
+        assert f["position_ids"][0, a:z].tolist() == list(range(z - a))
 
 
 def test_varlen_attention_path_equals_the_masked_path(monkeypatch):
-    """The engine's variable-length attention wiring (segments, head layout, grouped-query heads, kwargs through
-    the decoder layers, checkpointed layers) gives the masked SDPA loss and LoRA gradients. On CPU the kernel is
+    """The engine's variable-length attention wiring (the one-sequence layout, segments, head layout, grouped-query
+    heads, kwargs through the decoder layers, checkpointed layers) gives the masked SDPA loss and LoRA gradients
+    of the same rows padded one per batch row. On CPU the kernel is
     the per-segment SDPA reference; the CUDA flash kernel is checked against it in tests/test_kernels.py."""
     from peft import LoraConfig, get_peft_model
 
@@ -182,13 +189,16 @@ def test_varlen_attention_path_equals_the_masked_path(monkeypatch):
     body, head = pm.get_base_model().model, pm.get_base_model().lm_head
     assert body.config.num_key_value_heads < body.config.num_attention_heads  # the GQA path is exercised
     rows = pack_examples(make_examples(12), 96)
-    b = collate_rows(rows, 96)
+    from train.packing import collate_flat
 
     def loss_and_grads(varlen):
+        # masked path: rows padded to 96 [B, 96]; varlen path: the engine's one-sequence layout [1, N]
+        b = collate_flat(rows, 64) if varlen else collate_rows(rows, 96)
+        seg = (torch.tensor(b["cu_seqlens"], dtype=torch.int32), b["longest"]) if varlen else None
         pm.zero_grad(set_to_none=True)
         with kernels.varlen_attention() if varlen else torch.enable_grad():
             h = run_layers(body, body.embed_tokens(b["input_ids"]), b["position_ids"], 0, 2, final_norm=True,
-                           checkpoint_layers=1, varlen=_segments(rows, 96) if varlen else None)
+                           checkpoint_layers=1, varlen=seg)
             loss, _ = linear_cross_entropy(h, head.weight, b["labels"], use_liger=False)
             loss.backward()
         return float(loss), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}

@@ -19,9 +19,7 @@ cheaper, each exact (``tests/test_train.py`` and ``tests/test_engine_micro.py`` 
   and the micro-batch sized to memory before the first step: :func:`choose_micro_batch` times a few
   forward+backward passes (no checkpointing / all layers / the fewest layers that fit) under the memory cap
   (``gpu_memory_gib``) and keeps the fastest; an out-of-memory error later checkpoints every layer, then
-  halves the micro-batch, instead of failing;
-* **no full garbage collections mid-run**: the run's long-lived objects are frozen out of the collector's
-  reach (:func:`_frozen_gc`), so no step pays a 0.2–0.3 s walk over half a million objects.
+  halves the micro-batch, instead of failing.
 
 Checkpoints (adapter weights, optimizer, scheduler, step) go to ``checkpoints/checkpoint-N`` every
 ``save_steps``; ``--resume`` continues from the newest one and ends at the same step count, because the
@@ -30,7 +28,6 @@ data order is a pure function of (seed, epoch).
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import math
 import shutil
@@ -42,8 +39,8 @@ from typing import Any, Callable
 
 import torch
 
-from .kernels import liger_available, linear_cross_entropy, row_segments, target_index, varlen_attention
-from .packing import IGNORE, collate_rows, pack_examples
+from .kernels import liger_available, linear_cross_entropy, target_index, varlen_attention
+from .packing import IGNORE, collate_flat, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
 
@@ -322,30 +319,6 @@ def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _frozen_gc(fn):
-    """Run ``fn`` with every object that exists when it starts moved out of the garbage collector's reach.
-
-    A full (oldest-generation) collection walks every tracked object: with transformers, PEFT and a list of
-    tokenized examples that is about half a million objects and 0.2–0.3 s, paid on whatever step the
-    collector happens to fire (0.27 s for 492k objects in the benchmark's process on CPU; the H200 1B run had steps of
-    0.6 s against a median of 0.3 s). Model,
-    examples and optimizer live for the whole run, so they are frozen (``gc.freeze``); the per-step garbage is
-    still collected, and reference counting frees the tensors. Everything is unfrozen when ``fn`` returns or
-    raises, so nothing stays uncollectable after training."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        if not (kwargs.get("tuning") or {}).get("gc_freeze", True):  # the benchmark's ablation
-            return fn(*args, **kwargs)
-        gc.collect()
-        gc.freeze()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            gc.unfreeze()
-    return run
-
-
-@_frozen_gc
 def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
                  resume_ckpt: Path | None, log_metrics: Callable[[dict], None], rank: int = 0,
                  world: int = 1, tuning: dict | None = None) -> dict[str, Any]:
@@ -360,7 +333,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     ``tuning`` (``bench/train_speed.py``'s ablations; not a user setting): ``packing`` (False = one example
     per row), ``liger_loss`` (False = chunked torch loss head), ``micro_rows`` and ``checkpointed_layers``
     (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``), ``attn`` (the attention kernel, fixed),
-    ``gc_freeze`` (False = leave the garbage collector as it is, :func:`_frozen_gc`).
+    ``flat_multiple`` (varlen's
+    one-sequence micro-batch is padded to a multiple of this many tokens, :func:`train.packing.collate_flat`).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -410,6 +384,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     n_active = n_layers - k
 
     attn = {"backend": tuning.get("attn", "auto")}  # attention kernel: "auto" (masked SDPA), "efficient", "varlen"
+    flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
 
     def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
         """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
@@ -418,13 +393,18 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         CPU, and ids/positions/targets travel in one pinned, non-blocking copy, so the CPU keeps queueing
         kernels while the GPU works (at a few rows per step the step is launch-bound, docs/gpu.md)."""
         # its own frame: after an out-of-memory error every activation of the failed try is freed
-        # rows are padded to the longest one, rounded up to a multiple of 64: few distinct shapes, so Triton
-        # (Liger) and cuBLAS compile/tune once, not on every new length (measured: seconds per new shape)
-        T = min(cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
-        b = collate_rows(rws, T, pad_id)
+        flat_layout = attn["backend"] == "varlen"
+        if flat_layout:  # one sequence [1, N], no padding between rows (collate_flat says why)
+            b = collate_flat(rws, flat_multiple, pad_id)
+            T, cu, longest = b["input_ids"].shape[1], b["cu_seqlens"], b["longest"]
+        else:
+            # rows padded to the longest one, rounded up to a multiple of 64: few distinct shapes, so Triton
+            # (Liger) and cuBLAS compile/tune once, not on every new length (measured: seconds per new shape)
+            T = min(cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
+            b = collate_rows(rws, T, pad_id)
+            cu, longest = [], 0
         tidx, ty = target_index(b["labels"])
         n = int(ty.numel())
-        cu, longest = row_segments(rws, T) if attn["backend"] == "varlen" else ([], 0)
         flat = torch.cat([b["input_ids"].reshape(-1), b["position_ids"].reshape(-1), tidx, ty,
                           torch.tensor(cu, dtype=torch.long)])
         if cuda:
@@ -435,7 +415,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         varlen = (flat[2 * BT + 2 * n:].to(torch.int32), longest) if cu else None
         with autocast, _attention_kernel(attn["backend"]):
             if prefix is not None:
-                h = prefix.batch(mbrs, T, H, device)
+                h = prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, H, device)
             else:
                 with torch.no_grad() if k > 0 else nullcontext():
                     h = body.embed_tokens(ids)
@@ -497,9 +477,6 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                       f"(timed {len(probe_trials)} tries)", file=sys.stderr)
             small_step_notice(rank, sum(min(len(examples[i]["input_ids"]), cfg.max_length) for ix in steps0 for i in ix)
                               / max(1, len(steps0)), cfg)
-    if tuning.get("gc_freeze", True):  # what setup and the probe built lives for the run too (_frozen_gc)
-        gc.collect()  # the probe's failed tries may hold activations in reference cycles: free them first
-        gc.freeze()
     window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
     losses: list[torch.Tensor] = []
     # a memory cap makes the caching allocator free its cache and retry when it hits the cap (a device sync and

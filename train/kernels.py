@@ -9,7 +9,7 @@
   prompt tokens before the matmul). On CUDA with Liger it uses ``LigerFusedLinearCrossEntropyLoss``;
   otherwise a chunked PyTorch version (each chunk's logits are recomputed in backward via checkpointing).
 
-* :class:`varlen_attention` (with :func:`row_segments`) runs attention over packed rows with PyTorch's
+* :class:`varlen_attention` (with :func:`train.packing.collate_flat`) runs attention over packed rows with PyTorch's
   FlashAttention-2 variable-length kernel instead of SDPA with a block-diagonal mask: no mask is built and
   nothing is computed across examples. The engine's probe times it against the masked kernels.
 
@@ -95,22 +95,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
 
 # ---- variable-length attention over packed rows (no mask, no work across examples) -------------------------
-
-def row_segments(rows, T: int) -> tuple[list[int], int]:
-    """cu_seqlens over a micro-batch flattened to ``len(rows) * T`` tokens: every packed example is a segment,
-    and so is each row's padding tail (it attends only to itself and is never a target). Returns
-    (boundaries, longest segment)."""
-    cu, longest = [0], 1
-    for b, r in enumerate(rows):
-        base = b * T
-        for a, z in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:]):
-            cu.append(base + z)
-            longest = max(longest, z - a)
-        if len(r.input_ids) < T:
-            cu.append(base + T)
-            longest = max(longest, T - len(r.input_ids))
-    return cu, longest
-
 
 def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
                  scale: float | None) -> torch.Tensor:

@@ -139,6 +139,45 @@ def collate_rows(rows: list[PackedRow], row_tokens: int, pad_id: int = 0):
             "n_real": n_real, "n_targets": int((lab != IGNORE).sum())}
 
 
+def collate_flat(rows: list[PackedRow], multiple: int = 64, pad_id: int = 0):
+    """A micro-batch of rows as one sequence ``[1, N]``: every row's examples back to back with no padding
+    between rows, then one padding tail up to a multiple of ``multiple`` tokens. Only for variable-length
+    attention (the examples are kept apart by ``cu_seqlens``, not by rows). Two reasons: no row's padding is
+    computed, and the batch dimension is always 1, so Triton kernels that specialize on it (Liger's RoPE has
+    the batch size as a compile-time constant) compile once instead of once per new row count (measured on
+    the H200: +0.25 s on each step whose row count was new). ``multiple`` keeps the few shapes stable.
+
+    Returns collate_rows' keys plus ``cu_seqlens`` (every example is a segment, and so is the tail) and
+    ``longest`` (the longest segment)."""
+    import torch
+
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    ids: list[int] = []
+    lab: list[int] = []
+    pos: list[int] = []
+    cu, longest = [0], 1
+    for r in rows:
+        base = len(ids)
+        for a, z in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:]):
+            cu.append(base + z)
+            longest = max(longest, z - a)
+        ids.extend(r.input_ids)
+        lab.extend(r.labels)
+        pos.extend(r.position_ids)
+    n_real = len(ids)
+    tail = -n_real % multiple if n_real else multiple
+    if tail:
+        ids.extend([pad_id] * tail)
+        lab.extend([IGNORE] * tail)
+        pos.extend(range(tail))
+        cu.append(len(ids))
+        longest = max(longest, tail)
+    t = torch.tensor([ids, lab, pos], dtype=torch.long)
+    return {"input_ids": t[0:1], "labels": t[1:2], "position_ids": t[2:3], "n_real": n_real,
+            "n_targets": sum(y != IGNORE for y in lab), "cu_seqlens": cu, "longest": longest}
+
+
 def cache_key(examples: list[dict], row_tokens: int, extra: str = "") -> str:
     """Content hash of the tokenized examples + packing parameters (key for the on-disk packed cache)."""
     h = hashlib.sha256(f"{row_tokens}|{extra}|".encode())

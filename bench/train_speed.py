@@ -331,7 +331,7 @@ def driver(args) -> dict:
         if item in runs and "tokens_per_s_real" in runs[item]:  # a repeat: kept beside the first
             runs[item].setdefault("repeats", []).append(
                 {k: r.get(k) for k in ("tokens_per_s_real", "peak_gib", "loss_end", "attention", "micro_rows",
-                                       "checkpointed_layers", "error", "wall_s")})
+                                       "checkpointed_layers", "error", "wall_s", "step_s")})
         else:
             runs[item] = r
         if kind == "ours" and "error" in r and r["error"] != "timeout" and not args.keep_going:

@@ -47,7 +47,8 @@ TRL_MODES = ["default", "packed_liger", "packed", "liger"]
 # run), NF4 + double quant, LoRA r16 alpha 32 all-linear with dropout 0.0: TRL baseline's exact LoRA config.
 #   batch: examples per optimizer step (TRL default: 8); mem: GPU memory capped at this multiple of TRL
 #   default's peak (gpu_memory_gib); dropout: LoRA dropout; liger: Liger RMSNorm/RoPE/SwiGLU + fused loss head;
-#   tuning: train_engine's ablation knobs (packing, micro_rows, checkpointed_layers)
+#   liger_patch: False = Liger's fused loss head only; tuning: train_engine's ablation knobs (packing, micro_rows,
+#   checkpointed_layers, attn, flat_multiple, compile)
 OURS = {
     "cli_b8": {"batch": 8},
     "cli_b32": {"batch": 32},  # ~ 11k real tokens per step
@@ -77,6 +78,11 @@ OURS = {
     # each trick off on its own at the 24-example step, everything else as python -m train does it
     "abl_b24_nopacking_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"packing": False}},
     "abl_b24_noliger_mem1.5x": {"batch": 24, "mem": 1.5, "liger": False},
+    # launch overhead (the 24-example step is CPU-bound on the H200): Liger's loss head only (RMSNorm/RoPE/SwiGLU in
+    # plain torch: fewer Python-side Triton launches), and the trained layers through torch.compile instead of Liger
+    "abl_b24_ligerloss_only_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False},
+    "abl_b24_compile_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False, "tuning": {"compile": True, "attn": "varlen"}},
+    "prof_b24_mem1.5x": {"batch": 24, "mem": 1.5, "profile": True},
     # varlen's one-sequence micro-batch padded to whole 1024-token rows instead of a multiple of 64 tokens
     "abl_flat1024_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "varlen", "flat_multiple": 1024}},
 }
@@ -205,7 +211,7 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     torch.manual_seed(0)
     model = load_base(os.path.join(MODEL_DIR, shape), "nf4" if cuda else "none", cuda)
     liger = cuda and liger_available() and o.get("liger", True)
-    if liger:
+    if liger and o.get("liger_patch", True):
         apply_liger(model)
     model.config.use_cache = False
     pm = get_peft_model(model, lora_config(cfg, model))
@@ -275,7 +281,8 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
             "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
-            "micro_rows": eng["micro_rows"], "checkpointed_layers": eng["checkpointed_layers"],
+            "liger_patch": liger and o.get("liger_patch", True), "micro_rows": eng["micro_rows"],
+            "checkpointed_layers": eng["checkpointed_layers"],
             "attention": eng.get("attention"), "alloc_retry_steps": eng.get("alloc_retry_steps"), "engine": eng}
 
 

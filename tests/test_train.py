@@ -208,6 +208,36 @@ def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lor
     assert out["tokens_seen"] == ts.tokens
 
 
+@pytest.mark.slow
+def test_engine_with_compiled_layers_is_exact(tok, tiny_model, tmp_path):
+    """tuning["compile"] (torch.compile of the trained layers, dynamic shapes; a benchmark ablation): two steps of
+    different lengths, one of them checkpointed, give the eager engine's losses."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from train.engine import train_engine
+    from train.recipe import lora_config
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"query {i} " + "word " * (i % 9)},
+                                        {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
+    ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 128)
+    losses = {}
+    for tuning in ({}, {"compile": True}, {"compile": True, "micro_rows": 1, "checkpointed_layers": 1}):
+        cfg = TrainConfig(max_steps=2, batch_size=6, max_length=128, lora_dropout=0.0, logging_steps=1,
+                          learning_rate=1e-2)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        pm = get_peft_model(model, lora_config(cfg, model))
+        logged = []
+        train_engine(cfg, pm, tok, ts.examples, tmp_path / str(len(losses)), device="cpu", quant="none",
+                     resume_ckpt=None, log_metrics=logged.append, tuning=tuning)
+        losses[str(tuning)] = [r["loss"] for r in logged]
+        assert (model.model.layers[-1]._compiled_call_impl is not None) == bool(tuning)  # it really compiled
+    ref, *others = losses.values()
+    for got in others:
+        assert got == pytest.approx(ref, rel=1e-4), losses
+
+
 def _run_train(ws: Path, model: Path, out: Path, **over):
     from train.recipe import train
 

@@ -340,7 +340,9 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     per row), ``liger_loss`` (False = chunked torch loss head), ``micro_rows`` and ``checkpointed_layers``
     (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``), ``attn`` (the attention kernel, fixed),
     ``flat_multiple`` (varlen's
-    one-sequence micro-batch is padded to a multiple of this many tokens, :func:`train.packing.collate_flat`).
+    one-sequence micro-batch is padded to a multiple of this many tokens, :func:`train.packing.collate_flat`),
+    ``compile`` (True = the trained decoder layers go through ``torch.compile``: an ablation, not yet measured to
+    pay; tests/test_train.py checks it is exact on CPU).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -391,6 +393,10 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
 
     attn = {"backend": tuning.get("attn", "auto")}  # attention kernel: "auto" (masked SDPA), "efficient", "varlen"
     flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
+    compiled = bool(tuning.get("compile"))
+    if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
+        for layer in body.layers[k:]:
+            layer.compile(dynamic=True)
 
     def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
         """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
@@ -418,7 +424,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         BT = b["input_ids"].numel()
         ids, pos = flat[:BT].view(-1, T), flat[BT:2 * BT].view(-1, T)
         targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
-        varlen = (flat[2 * BT + 2 * n:].to(torch.int32), longest) if cu else None
+        # compiled: the longest segment is passed as its bound (max_length), so it is not a new constant per batch
+        varlen = (flat[2 * BT + 2 * n:].to(torch.int32), cfg.max_length if compiled else longest) if cu else None
         with autocast, _attention_kernel(attn["backend"]):
             if prefix is not None:
                 h = prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, H, device)

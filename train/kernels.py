@@ -18,6 +18,7 @@ kernel against per-segment SDPA on CUDA); ``tests/test_engine_micro.py`` checks 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -118,7 +119,11 @@ def reference_varlen(q, k, v, cu, max_len, scale):
 VARLEN_KERNEL = {"fn": flash_varlen}  # tests swap in reference_varlen on CPU
 
 
+@functools.lru_cache(maxsize=4)
 def _make_dispatch(orig):
+    """The dispatcher wrapping transformers' ``orig`` SDPA function: one object per ``orig`` (cached), so a
+    compiled decoder layer (``tuning["compile"]``) sees the same function on every micro-batch and is not
+    recompiled each time the context manager is entered."""
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         cu = kwargs.pop("wb_cu_seqlens", None)
         max_len = kwargs.pop("wb_max_seqlen", None)

@@ -48,7 +48,7 @@ TRL_MODES = ["default", "packed_liger", "packed", "liger"]
 #   batch: examples per optimizer step (TRL default: 8); mem: GPU memory capped at this multiple of TRL
 #   default's peak (gpu_memory_gib); dropout: LoRA dropout; liger: Liger RMSNorm/RoPE/SwiGLU + fused loss head;
 #   liger_patch: False = Liger's fused loss head only; tuning: train_engine's ablation knobs (packing, micro_rows,
-#   checkpointed_layers, attn, flat_multiple, compile)
+#   checkpointed_layers, attn, flat_multiple, compile, fused_lora)
 OURS = {
     "cli_b8": {"batch": 8},
     "cli_b32": {"batch": 32},  # ~ 11k real tokens per step
@@ -83,6 +83,9 @@ OURS = {
     "abl_b24_ligerloss_only_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False},
     "abl_b24_compile_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False, "tuning": {"compile": True, "attn": "varlen"}},
     "prof_b24_mem1.5x": {"batch": 24, "mem": 1.5, "profile": True},
+    # PEFT's LoRA layers as one fused autograd node each (train.kernels.lora_linear), and that under the profiler
+    "abl_b24_fusedlora_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"fused_lora": True}},
+    "prof_b24_fusedlora_mem1.5x": {"batch": 24, "mem": 1.5, "profile": True, "tuning": {"fused_lora": True}},
     # varlen's one-sequence micro-batch padded to whole 1024-token rows instead of a multiple of 64 tokens
     "abl_flat1024_b24_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"attn": "varlen", "flat_multiple": 1024}},
 }

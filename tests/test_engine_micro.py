@@ -231,3 +231,83 @@ def test_balanced_split_covers_every_row_once():
             assert all(a < z and z - a <= m for a, z in parts)
             assert all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
             assert max(z - a for a, z in parts) - min(z - a for a, z in parts) <= 1
+
+
+@pytest.mark.parametrize("dropout,autocast", [(0.0, False), (0.2, False), (0.0, True)])
+def test_fused_lora_equals_peft(dropout, autocast):
+    """fused_lora (one autograd node per LoRA linear) gives PEFT's loss and LoRA gradients through the decoder,
+    with a checkpointed layer, with LoRA dropout (same masks: same RNG order) and under bf16 autocast."""
+    from peft import LoraConfig, get_peft_model
+
+    from train.kernels import fusable_lora_modules, fused_lora
+
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 lora_dropout=dropout))
+    pm.train()
+    for n, p in pm.named_parameters():  # B starts at zero: make the LoRA branch count
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    body, head = pm.get_base_model().model, pm.get_base_model().lm_head
+    mods = fusable_lora_modules(pm)
+    assert len(mods) == 2 * 7  # q k v o gate up down in both layers
+    b = collate_rows(pack_examples(make_examples(12), 96), 96)
+
+    def loss_and_grads(fused):
+        pm.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        ac = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.enable_grad()
+        with ac, fused_lora(mods if fused else []):
+            h = run_layers(body, body.embed_tokens(b["input_ids"]), b["position_ids"], 0, 2, final_norm=True,
+                           checkpoint_layers=1)
+            loss, _ = linear_cross_entropy(h.float(), head.weight, b["labels"], use_liger=False)
+            loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}
+
+    l0, g0 = loss_and_grads(False)
+    l1, g1 = loss_and_grads(True)
+    tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-6)
+    assert l0 == pytest.approx(l1, rel=tol["rtol"] / 10)
+    assert g0.keys() == g1.keys() and all(g0[n].dtype == g1[n].dtype for n in g0)
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], **tol)
+    assert all("forward" not in m.__dict__ for m, _ in mods)  # PEFT's forward is back
+
+
+def test_fused_lora_on_nf4_matches_peft():
+    """The fused path over bitsandbytes' NF4 Linear4bit (dequantized weight, double quant) under bf16 autocast
+    matches PEFT's QLoRA forward and gradients to bf16 precision (bitsandbytes runs NF4 on CPU too)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+
+    from train.kernels import fusable_lora_modules, fused_lora
+
+    torch.manual_seed(0)
+
+    def nf4(i, o):
+        lin = bnb.nn.Linear4bit(i, o, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
+                                compress_statistics=True)
+        lin.weight = bnb.nn.Params4bit(torch.randn(o, i, dtype=torch.bfloat16) / i ** 0.5, requires_grad=False,
+                                       quant_type="nf4", compress_statistics=True)
+        return lin
+
+    net = torch.nn.Sequential(nf4(64, 96), torch.nn.Tanh(), nf4(96, 64)).to("cpu")  # .to() quantizes; smooth: no ReLU flips
+    pm = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"]))
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    mods = fusable_lora_modules(pm)
+    assert len(mods) == 2 and all(getattr(m.get_base_layer().weight, "quant_state", None) is not None for m, _ in mods)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
+
+    def run(fused):
+        pm.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16), fused_lora(mods if fused else []):
+            y = pm(x)
+            y.float().pow(2).sum().backward()
+        return [y.detach().float(), x.grad.float()] + [p.grad for p in pm.parameters() if p.requires_grad]
+
+    for a, b in zip(run(False), run(True)):
+        assert a.dtype == b.dtype or a.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * float(a.abs().max()))

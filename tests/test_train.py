@@ -177,11 +177,11 @@ def _plain_loss(model_dir: Path, examples: list[dict]) -> float:
     return tot / n
 
 
-@pytest.mark.parametrize("attn", ["auto", "varlen"])
+@pytest.mark.parametrize("attn,fused", [("auto", False), ("varlen", False), ("varlen", True)])
 @pytest.mark.parametrize("lora_layers", [0, 1])
-def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lora_layers, attn, monkeypatch):
+def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lora_layers, attn, fused, monkeypatch):
     """One step over all examples (packed, target-only head, frozen-prefix cache when lora_layers > 0, masked
-    rows or the varlen one-sequence layout) gives the loss that HF computes example by example: the tricks are
+    rows or the varlen one-sequence layout, PEFT's LoRA layers or the fused ones) gives the loss that HF computes example by example: the tricks are
     exact. On CPU the varlen kernel is the per-segment SDPA reference (the flash kernel: tests/test_kernels.py)."""
     from train import kernels
 
@@ -202,9 +202,10 @@ def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lor
     pm = get_peft_model(model, lora_config(cfg, model))
     logged = []
     out = train_engine(cfg, pm, tok, ts.examples, tmp_path, device="cpu", quant="none", resume_ckpt=None,
-                       log_metrics=logged.append, tuning={"attn": attn})
+                       log_metrics=logged.append, tuning={"attn": attn, "fused_lora": fused})
     assert abs(logged[0]["loss"] - ref) / ref < 1e-4, (logged[0]["loss"], ref)
     assert out["engine"]["prefix_cached"] == (lora_layers > 0) and out["engine"]["attention"] == attn
+    assert (out["engine"]["fused_lora_layers"] > 0) == fused
     assert out["tokens_seen"] == ts.tokens
 
 

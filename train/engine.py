@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import torch
 
-from .kernels import liger_available, linear_cross_entropy, target_index, varlen_attention
+from .kernels import (fusable_lora_modules, fused_lora, liger_available, linear_cross_entropy, target_index,
+                      varlen_attention)
 from .packing import IGNORE, collate_flat, collate_rows, pack_examples
 
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
@@ -342,7 +343,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     ``flat_multiple`` (varlen's
     one-sequence micro-batch is padded to a multiple of this many tokens, :func:`train.packing.collate_flat`),
     ``compile`` (True = the trained decoder layers go through ``torch.compile``: an ablation, not yet measured to
-    pay; tests/test_train.py checks it is exact on CPU).
+    pay; tests/test_train.py checks it is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
+    autograd node each, :func:`train.kernels.lora_linear`; an ablation, exact on CPU, not yet measured on a GPU).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -393,6 +395,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
 
     attn = {"backend": tuning.get("attn", "auto")}  # attention kernel: "auto" (masked SDPA), "efficient", "varlen"
     flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
+    # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation for now
+    lora_mods = fusable_lora_modules(pm) if tuning.get("fused_lora") else []
     compiled = bool(tuning.get("compile"))
     if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
         for layer in body.layers[k:]:
@@ -426,7 +430,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
         # compiled: the longest segment is passed as its bound (max_length), so it is not a new constant per batch
         varlen = (flat[2 * BT + 2 * n:].to(torch.int32), cfg.max_length if compiled else longest) if cu else None
-        with autocast, _attention_kernel(attn["backend"]):
+        with autocast, _attention_kernel(attn["backend"]), fused_lora(lora_mods):
             if prefix is not None:
                 h = prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, H, device)
             else:
@@ -581,6 +585,6 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
             "engine": {"name": "fast", "world_size": world, "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
                        "liger": use_liger, "micro_rows": micro_rows, "checkpointed_layers": ckpt_layers,
                        "trained_layers": n_active, "micro_batch_probe": probe_trials, "attention": attn["backend"],
-                       "alloc_retry_steps": retry_steps,
+                       "alloc_retry_steps": retry_steps, "fused_lora_layers": len(lora_mods),
                        "packing": packing, "tuning": tuning,
                        "quantization": quant}}

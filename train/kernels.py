@@ -13,8 +13,13 @@
   FlashAttention-2 variable-length kernel instead of SDPA with a block-diagonal mask: no mask is built and
   nothing is computed across examples. The engine's probe times it against the masked kernels.
 
+* :class:`fused_lora` runs PEFT's LoRA layers (over ``nn.Linear`` or NF4 ``Linear4bit``) as one autograd node
+  each (:func:`lora_linear`), for steps whose cost is CPU time per launch; an ablation
+  (``tuning["fused_lora"]``) until a GPU run shows it pays.
+
 ``tests/test_kernels.py`` checks each path against the plain ``model(..., labels=...)`` loss (and the varlen
-kernel against per-segment SDPA on CUDA); ``tests/test_engine_micro.py`` checks the varlen wiring on CPU.
+kernel against per-segment SDPA on CUDA); ``tests/test_engine_micro.py`` checks the varlen wiring and the
+fused LoRA layers (against PEFT, also on NF4 under bf16 autocast) on CPU.
 """
 from __future__ import annotations
 
@@ -164,4 +169,119 @@ class varlen_attention:
             self._f["sdpa"] = self._prev
         else:
             del self._f["sdpa"]
+        return False
+
+
+# ---- fused LoRA linear (tuning["fused_lora"]) ------------------------------------------------------------------
+
+def _base_weight(base) -> torch.Tensor:
+    """The frozen weight of a LoRA layer's base module: ``nn.Linear``'s, or bitsandbytes' NF4 weight dequantized
+    (what bitsandbytes' own 4-bit matmul does in its forward and again in its backward)."""
+    w = base.weight
+    qs = getattr(w, "quant_state", None)
+    if qs is None:
+        return w
+    import bitsandbytes.functional as bnb_f
+
+    return bnb_f.dequantize_4bit(w.data, qs)
+
+
+class _LoraLinear(torch.autograd.Function):
+    """``y = x Wᵀ + s · (xd Aᵀ) Bᵀ`` with W frozen (re-read from ``base`` in backward, so nothing of it is kept)
+    and A, B trained; ``xd`` is x after LoRA dropout (None: the same tensor). One autograd node and four
+    kernels forward (plus the dequantization) instead of PEFT's and bitsandbytes' chain of modules, casts and
+    nodes: what a launch-bound step pays for in CPU time."""
+
+    @staticmethod
+    def forward(ctx, x, xd, A, B, base, s):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        xd2 = x2 if xd is None else xd.reshape(-1, shape[-1])
+        W = _base_weight(base).to(x2.dtype)
+        xa = xd2 @ A.t()
+        y = x2 @ W.t() if base.bias is None else torch.addmm(base.bias.to(x2.dtype), x2, W.t())
+        y.addmm_(xa, B.t(), alpha=s)
+        ctx.save_for_backward(xd2, xa, A, B)
+        ctx.base, ctx.s, ctx.shape, ctx.same = base, s, shape, xd is None
+        return y.view(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g):
+        xd2, xa, A, B = ctx.saved_tensors
+        s = ctx.s
+        g2 = g.reshape(-1, g.shape[-1])
+        gb = g2 @ B  # [tokens, r]
+        gB = (g2.t() @ xa).mul_(s)
+        gA = (gb.t() @ xd2).mul_(s)
+        gx = g2 @ _base_weight(ctx.base).to(g2.dtype)
+        if ctx.same:
+            gx.addmm_(gb, A, alpha=s)
+            gxd = None
+        else:
+            gxd = (gb @ A).mul_(s).view(ctx.shape)
+        return gx.view(ctx.shape), gxd, gA, gB, None, None
+
+
+def lora_linear(x: torch.Tensor, xd: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor, base, s: float):
+    """:class:`_LoraLinear` under autocast's rules: inside an autocast region x, xd, A and B are cast to its
+    dtype first (as autocast casts a matmul's operands; the casts' backward returns A's and B's gradients in
+    their own dtype), and the matmuls run with autocast off."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        x, A, B = x.to(dt), A.to(dt), B.to(dt)
+        xd = None if xd is None else xd.to(dt)
+        with torch.autocast(dev, enabled=False):
+            return _LoraLinear.apply(x, xd, A, B, base, s)
+    return _LoraLinear.apply(x, xd, A, B, base, s)
+
+
+def fusable_lora_modules(model) -> list:
+    """PEFT LoRA layers that :class:`fused_lora` can run: one active plain-LoRA adapter (no DoRA/variants, no
+    LoRA bias), not merged, over a frozen ``nn.Linear`` or bitsandbytes ``Linear4bit``. Others keep PEFT's path."""
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+    except ImportError:
+        return []
+    out = []
+    for m in model.modules():
+        if not isinstance(m, LoraLayer) or m.merged or m.disable_adapters or len(m.active_adapters) != 1:
+            continue
+        name = m.active_adapters[0]
+        base = m.get_base_layer()
+        kind = type(base).__name__
+        if (name not in m.lora_A or name in getattr(m, "lora_variant", {}) or m.use_dora.get(name)
+                or m.lora_B[name].bias is not None or kind not in ("Linear", "Linear4bit")
+                or (kind == "Linear" and type(base) is not torch.nn.Linear) or base.weight.requires_grad
+                or (base.bias is not None and base.bias.requires_grad)):
+            continue
+        out.append((m, name))
+    return out
+
+
+class fused_lora:
+    """Context manager: while active, the given PEFT LoRA layers (:func:`fusable_lora_modules`) run
+    :func:`lora_linear` instead of PEFT's forward; on exit their own forward is back."""
+
+    def __init__(self, mods: list):
+        self.mods = mods
+
+    def __enter__(self):
+        for m, name in self.mods:
+            drop = m.lora_dropout[name]
+            ident = isinstance(drop, torch.nn.Identity)
+
+            def fwd(x, *args, _m=m, _n=name, _drop=drop, _ident=ident, **kwargs):
+                A = _m.lora_A[_n].weight
+                # anything unusual (extra arguments; mixed dtypes outside autocast, which PEFT casts): PEFT's path
+                if args or kwargs or (x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type)):
+                    return type(_m).forward(_m, x, *args, **kwargs)
+                return lora_linear(x, None if _ident else _drop(x), A, _m.lora_B[_n].weight, _m.get_base_layer(),
+                                   _m.scaling[_n])
+            m.forward = fwd
+        return self
+
+    def __exit__(self, *exc):
+        for m, _ in self.mods:
+            m.__dict__.pop("forward", None)
         return False

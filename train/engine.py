@@ -233,9 +233,10 @@ VARLEN_EDGE = 1.10  # choose_attention: another kernel must be this much faster 
 def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int, trials: list[dict],
                      attn: dict, losses: dict, rtol: float = 1e-2) -> str:
     """Time the chosen micro-batch (``m`` rows, ``c`` checkpointed layers) with each other attention kernel;
-    the fastest wins, with varlen credited :data:`VARLEN_EDGE` for what the probe cannot see. ``losses`` maps (m, c, backend) to the loss ``try_fb`` measured: a kernel whose loss is
-    not within ``rtol`` of SDPA's on the same rows is rejected (a guard, not the proof: tests/test_kernels.py
-    checks the kernels themselves). A kernel that fails (not built for this GPU/dtype/torch) is skipped.
+    the fastest wins, with varlen credited :data:`VARLEN_EDGE` for what the probe cannot see. ``losses`` maps
+    (m, c, backend) to the loss ``try_fb`` measured: a kernel whose loss is not within ``rtol`` of SDPA's on the
+    same rows is rejected (a guard, not the proof: tests/test_kernels.py checks the kernels themselves). A kernel
+    that fails (not built for this GPU/dtype/torch) is skipped.
     Every try is recorded in ``trials`` (the run manifest)."""
     speed = {"auto": max(((t["tokens_per_s"] or 0) for t in trials
                           if t["rows"] == m and t["checkpointed_layers"] == c and "attention" not in t), default=0)}
@@ -340,8 +341,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     ``tuning`` (``bench/train_speed.py``'s ablations; not a user setting): ``packing`` (False = one example
     per row), ``liger_loss`` (False = chunked torch loss head), ``micro_rows`` and ``checkpointed_layers``
     (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``), ``attn`` (the attention kernel, fixed),
-    ``flat_multiple`` (varlen's
-    one-sequence micro-batch is padded to a multiple of this many tokens, :func:`train.packing.collate_flat`),
+    ``flat_multiple`` (varlen's one-sequence micro-batch is padded to a multiple of this many tokens,
+    :func:`train.packing.collate_flat`),
     ``compile`` (True = the trained decoder layers go through ``torch.compile``: an ablation, not yet measured to
     pay; tests/test_train.py checks it is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
     autograd node each, :func:`train.kernels.lora_linear`; an ablation, exact on CPU, not yet measured on a GPU).

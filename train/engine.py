@@ -398,6 +398,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
     # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation for now
     lora_mods = fusable_lora_modules(pm) if tuning.get("fused_lora") else []
+    lora_fused = fused_lora(lora_mods)  # entered on every micro-batch (no layers: does nothing)
     compiled = bool(tuning.get("compile"))
     if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
         for layer in body.layers[k:]:
@@ -431,7 +432,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
         # compiled: the longest segment is passed as its bound (max_length), so it is not a new constant per batch
         varlen = (flat[2 * BT + 2 * n:].to(torch.int32), cfg.max_length if compiled else longest) if cu else None
-        with autocast, _attention_kernel(attn["backend"]), fused_lora(lora_mods):
+        with autocast, _attention_kernel(attn["backend"]), lora_fused:
             if prefix is not None:
                 h = prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, H, device)
             else:

@@ -261,27 +261,32 @@ def fusable_lora_modules(model) -> list:
 
 class fused_lora:
     """Context manager: while active, the given PEFT LoRA layers (:func:`fusable_lora_modules`) run
-    :func:`lora_linear` instead of PEFT's forward; on exit their own forward is back."""
+    :func:`lora_linear` instead of PEFT's forward; on exit their own forward is back. The forwards are built
+    once here, so one instance can be entered on every micro-batch at the cost of an attribute set per layer."""
 
     def __init__(self, mods: list):
-        self.mods = mods
+        self.fwds = [(m, self._forward(m, name)) for m, name in mods]
+
+    @staticmethod
+    def _forward(m, name: str):
+        drop = m.lora_dropout[name]
+        ident = isinstance(drop, torch.nn.Identity)
+
+        def fwd(x, *args, **kwargs):
+            A = m.lora_A[name].weight
+            # anything unusual (extra arguments; mixed dtypes outside autocast, which PEFT casts): PEFT's path
+            if args or kwargs or (x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type)):
+                return type(m).forward(m, x, *args, **kwargs)
+            return lora_linear(x, None if ident else drop(x), A, m.lora_B[name].weight, m.get_base_layer(),
+                               m.scaling[name])
+        return fwd
 
     def __enter__(self):
-        for m, name in self.mods:
-            drop = m.lora_dropout[name]
-            ident = isinstance(drop, torch.nn.Identity)
-
-            def fwd(x, *args, _m=m, _n=name, _drop=drop, _ident=ident, **kwargs):
-                A = _m.lora_A[_n].weight
-                # anything unusual (extra arguments; mixed dtypes outside autocast, which PEFT casts): PEFT's path
-                if args or kwargs or (x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type)):
-                    return type(_m).forward(_m, x, *args, **kwargs)
-                return lora_linear(x, None if _ident else _drop(x), A, _m.lora_B[_n].weight, _m.get_base_layer(),
-                                   _m.scaling[_n])
+        for m, fwd in self.fwds:
             m.forward = fwd
         return self
 
     def __exit__(self, *exc):
-        for m, _ in self.mods:
+        for m, _ in self.fwds:
             m.__dict__.pop("forward", None)
         return False

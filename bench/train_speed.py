@@ -81,7 +81,12 @@ OURS = {
     # launch overhead (the 24-example step is CPU-bound on the H200): Liger's loss head only (RMSNorm/RoPE/SwiGLU in
     # plain torch: fewer Python-side Triton launches), and the trained layers through torch.compile instead of Liger
     "abl_b24_ligerloss_only_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False},
-    "abl_b24_compile_mem1.5x": {"batch": 24, "mem": 1.5, "liger_patch": False, "tuning": {"compile": True, "attn": "varlen"}},
+    # python -m train --compile on (the default for CUDA runs of >= COMPILE_MIN_STEPS steps): trained layers through
+    # torch.compile, plain-torch RMSNorm/RoPE/SwiGLU, varlen attention, Liger's loss head (2026-12-02's first run
+    # measured this as abl_b24_compile_mem1.5x: tuning compile + attn varlen + liger_patch False, then unmarked shapes)
+    "cli_b24_mem1.5x_compile": {"batch": 24, "mem": 1.5, "compile": "on"},
+    "cli_b8_compile": {"batch": 8, "compile": "on"},
+    "abl_b24_compile_fusedlora_mem1.5x": {"batch": 24, "mem": 1.5, "compile": "on", "tuning": {"fused_lora": True}},
     "prof_b24_mem1.5x": {"batch": 24, "mem": 1.5, "profile": True},
     # PEFT's LoRA layers as one fused autograd node each (train.kernels.lora_linear), and that under the profiler
     "abl_b24_fusedlora_mem1.5x": {"batch": 24, "mem": 1.5, "tuning": {"fused_lora": True}},
@@ -198,7 +203,7 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     from peft import get_peft_model
 
     from train.config import TrainConfig
-    from train.engine import _pack_step, epoch_order, train_engine
+    from train.engine import _pack_step, epoch_order, train_engine, use_compile
     from train.kernels import apply_liger, liger_available
     from train.recipe import load_base, lora_config
 
@@ -208,13 +213,14 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
         raise RuntimeError("memory-matched run needs TRL default's peak (--mem-ref)")
     cfg = TrainConfig(batch_size=o["batch"], max_length=1024, max_steps=steps, learning_rate=2e-4,
                       lora_dropout=o.get("dropout", 0.0), logging_steps=1, save_steps=10**9, warmup_ratio=0.0,
-                      lr_scheduler="constant", gpu_memory_gib=o["mem"] * mem_ref if o.get("mem") and mem_ref else 0.0)
+                      lr_scheduler="constant", gpu_memory_gib=o["mem"] * mem_ref if o.get("mem") and mem_ref else 0.0,
+                      compile=o.get("compile", "auto"))
     data = make_data(SHAPES[shape]["vocab_size"])
     exs = [{"input_ids": ids[:1024], "labels": ids[:1024]} for ids in data]
     torch.manual_seed(0)
     model = load_base(os.path.join(MODEL_DIR, shape), "nf4" if cuda else "none", cuda)
     liger = cuda and liger_available() and o.get("liger", True)
-    if liger and o.get("liger_patch", True):
+    if liger and o.get("liger_patch", True) and not use_compile(cfg, cuda, steps):  # as train/recipe.py does
         apply_liger(model)
     model.config.use_cache = False
     pm = get_peft_model(model, lora_config(cfg, model))
@@ -284,7 +290,8 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
             "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
-            "liger_patch": liger and o.get("liger_patch", True), "micro_rows": eng["micro_rows"],
+            "liger_patch": liger and o.get("liger_patch", True) and not eng.get("compiled"),
+            "compiled": eng.get("compiled"), "warmup_s": eng.get("warmup_s"), "micro_rows": eng["micro_rows"],
             "checkpointed_layers": eng["checkpointed_layers"],
             "attention": eng.get("attention"), "alloc_retry_steps": eng.get("alloc_retry_steps"), "engine": eng}
 
@@ -386,7 +393,8 @@ def ratios(res: dict) -> None:
                            "loss_rel_diff_vs_trl_default": round(r["loss_end"] / bl - 1, 4)
                            if bl and r.get("loss_end") else None,
                            "micro_rows": r.get("micro_rows"), "checkpointed_layers": r.get("checkpointed_layers"),
-                           "attention": r.get("attention")}
+                           "attention": r.get("attention"), "compiled": r.get("compiled"),
+                           "warmup_s": r.get("warmup_s")}
         d["table"] = table
 
 

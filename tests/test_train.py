@@ -70,12 +70,28 @@ def test_config_precedence_and_validation(tmp_path):
         load(None, {"lora_dropout": "1.5"})
     with pytest.raises(ValueError, match="engine must be fast|trl"):
         load(None, {"engine": "unsloth"})
+    with pytest.raises(ValueError, match="compile must be auto|on|off"):
+        load(None, {"compile": "yes"})
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3\n")
     with pytest.raises(ValueError, match="bad.toml: invalid TOML"):
         load(bad)
     with pytest.raises(ValueError, match="does not exist"):
         load(tmp_path / "missing.toml")
+
+
+def test_compile_auto_only_for_long_cuda_runs():
+    """compile "auto" compiles CUDA runs of at least COMPILE_MIN_STEPS planned steps (epochs or max_steps)."""
+    from train.engine import COMPILE_MIN_STEPS, planned_steps, use_compile
+
+    assert planned_steps(TrainConfig(batch_size=8, epochs=3.0), 100) == 39  # ceil(100 / 8) = 13 per epoch
+    assert planned_steps(TrainConfig(batch_size=8, grad_accum=2, max_steps=-1, epochs=1.0), 100, world=2) == 4
+    assert planned_steps(TrainConfig(max_steps=7), 10**6) == 7
+    auto = TrainConfig()
+    assert use_compile(auto, True, COMPILE_MIN_STEPS) and not use_compile(auto, True, COMPILE_MIN_STEPS - 1)
+    assert not use_compile(auto, False, 10**6)  # CPU: not by default
+    assert use_compile(TrainConfig(compile="on"), False, 1)
+    assert not use_compile(TrainConfig(compile="off"), True, 10**6)
 
 
 def test_help_lists_every_field():
@@ -211,9 +227,11 @@ def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lor
 
 @pytest.mark.slow
 def test_engine_with_compiled_layers_is_exact(tok, tiny_model, tmp_path):
-    """tuning["compile"] (torch.compile of the trained layers, dynamic shapes; a benchmark ablation): two steps of
-    different lengths, one of them checkpointed, give the eager engine's losses."""
+    """Compiled trained layers (``compile: on``; dynamic shapes): two steps of different lengths, one variant
+    checkpointed with one row per micro-batch, give the eager engine's losses, and every length runs through one
+    compiled graph (the length dimensions are marked dynamic: no recompile per new length)."""
     from peft import get_peft_model
+    from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
     from train.engine import train_engine
@@ -223,17 +241,20 @@ def test_engine_with_compiled_layers_is_exact(tok, tiny_model, tmp_path):
                                         {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
     ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 128)
     losses = {}
-    for tuning in ({}, {"compile": True}, {"compile": True, "micro_rows": 1, "checkpointed_layers": 1}):
+    for mode, tuning in (("off", {}), ("on", {}), ("on", {"micro_rows": 1, "checkpointed_layers": 1})):
         cfg = TrainConfig(max_steps=2, batch_size=6, max_length=128, lora_dropout=0.0, logging_steps=1,
-                          learning_rate=1e-2)
+                          learning_rate=1e-2, compile=mode)
+        torch._dynamo.reset()
+        counters.clear()
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_model)
         pm = get_peft_model(model, lora_config(cfg, model))
         logged = []
         train_engine(cfg, pm, tok, ts.examples, tmp_path / str(len(losses)), device="cpu", quant="none",
                      resume_ckpt=None, log_metrics=logged.append, tuning=tuning)
-        losses[str(tuning)] = [r["loss"] for r in logged]
-        assert (model.model.layers[-1]._compiled_call_impl is not None) == bool(tuning)  # it really compiled
+        losses[mode + str(tuning)] = [r["loss"] for r in logged]
+        assert (model.model.layers[-1]._compiled_call_impl is not None) == (mode == "on")  # it really compiled
+        assert counters["stats"]["unique_graphs"] == (mode == "on"), dict(counters["stats"])
     ref, *others = losses.values()
     for got in others:
         assert got == pytest.approx(ref, rel=1e-4), losses

@@ -44,6 +44,9 @@ class TrainConfig:
     quantization: str = _f("auto", "auto (NF4 QLoRA on CUDA, none on CPU) | nf4 | none")
     gpu_memory_gib: float = _f(0.0, "fast engine on CUDA: cap GPU memory at this many GiB (0: the whole GPU). The "
                                     "micro-batch and checkpointed layers are timed under the cap before step 1")
+    compile: str = _f("auto", "fast engine: torch.compile the trained decoder layers (plain-torch RMSNorm/RoPE/SwiGLU "
+                              "fused by Inductor instead of Liger's kernels). auto: on for CUDA runs of >= "
+                              "COMPILE_MIN_STEPS steps (train/engine.py; compiling costs a one-off ~0.5-1 min) | on | off")
     save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
     logging_steps: int = _f(5, "log loss every N steps")
     output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")
@@ -65,6 +68,8 @@ class TrainConfig:
             errs.append(f"quantization must be auto|nf4|none (got {self.quantization!r})")
         if self.engine not in ("fast", "trl"):
             errs.append(f"engine must be fast|trl (got {self.engine!r})")
+        if self.compile not in ("auto", "on", "off"):
+            errs.append(f"compile must be auto|on|off (got {self.compile!r})")
         if self.lora_layers < 0:
             errs.append("lora_layers must be >= 0")
         if self.gpu_memory_gib < 0:

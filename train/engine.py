@@ -81,7 +81,8 @@ def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
 
 
 def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, *, final_norm: bool,
-               checkpoint_layers: int = 0, varlen: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+               checkpoint_layers: int = 0, varlen: tuple[torch.Tensor, int] | None = None,
+               dynamic: bool = False) -> torch.Tensor:
     """Decoder layers ``lo:hi`` of ``body`` on ``hidden`` [B,T,H] with packed position ids (no attention
     across examples: transformers builds the block-diagonal mask from the restarting position ids).
 
@@ -89,10 +90,30 @@ def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, 
     rest (selective activation checkpointing: N is chosen by :func:`choose_micro_batch` to fit memory).
 
     ``varlen`` = (cu_seqlens on the device, longest segment): variable-length attention over the flattened rows
-    (:class:`train.kernels.varlen_attention` must be active) instead of a block-diagonal mask."""
+    (:class:`train.kernels.varlen_attention` must be active) instead of a block-diagonal mask.
+
+    ``dynamic`` (the layers are compiled, :func:`use_compile`): the length dimensions of every tensor the layers
+    take are marked dynamic before the first call, so Inductor compiles one graph for all lengths and segment
+    counts (unmarked, the first call specializes on its length and the second compiles again), and the input
+    requires grad so the first layer shares the others' graph."""
     mask = _causal_mask(body.config, hidden, pos) if varlen is None else None
     kw = {} if varlen is None else {"wb_cu_seqlens": varlen[0], "wb_max_seqlen": varlen[1]}
     pe = body.rotary_emb(hidden, position_ids=pos)
+    if dynamic:
+        from torch._dynamo import maybe_mark_dynamic
+
+        if torch.is_grad_enabled() and not hidden.requires_grad:
+            # the first trained layer's input (frozen embeddings or prefix) would otherwise be a second graph
+            # (dynamo guards on requires_grad): one more compile against a wasted input gradient of one layer
+            hidden = hidden.detach().requires_grad_(True)
+
+        for t in (hidden, pos, *pe):
+            maybe_mark_dynamic(t, 1)
+        if mask is not None:
+            maybe_mark_dynamic(mask, 2)
+            maybe_mark_dynamic(mask, 3)
+        if varlen is not None:
+            maybe_mark_dynamic(varlen[0], 0)
     for i, layer in enumerate(body.layers[lo:hi]):
         if i < checkpoint_layers and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
@@ -266,6 +287,27 @@ def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int,
     return best
 
 
+COMPILE_MIN_STEPS = 300  # compile "auto": on for CUDA runs of at least this many optimizer steps (docs/gpu.md)
+
+
+def planned_steps(cfg, n_examples: int, world: int = 1) -> int:
+    """Optimizer steps the run will take: ``max_steps``, or ``epochs`` passes of global batches."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    return max(1, math.ceil(max(1, math.ceil(n_examples / per_step)) * cfg.epochs))
+
+
+def use_compile(cfg, cuda: bool, steps: int) -> bool:
+    """Whether the trained decoder layers go through ``torch.compile`` (``cfg.compile``): "on", "off", or "auto"
+    = on for CUDA runs of at least :data:`COMPILE_MIN_STEPS` steps. Compiled, the layers run plain torch
+    RMSNorm/RoPE/SwiGLU (Inductor fuses them; the recipe then skips Liger's kernels, which the compiler cannot
+    fuse across) with varlen attention, and Liger's fused loss head stays. On the H200 the 1B step is launch-bound,
+    and compiling cuts its host time (docs/gpu.md); it costs a one-off compile, hence the step threshold."""
+    mode = getattr(cfg, "compile", "off")
+    return mode == "on" or (mode == "auto" and cuda and steps >= COMPILE_MIN_STEPS)
+
+
 def small_step_notice(rank: int, tokens_per_step: float, cfg) -> None:
     """Say so when a step is too small to keep a GPU busy; the step size is a training setting, so the engine
     never changes it by itself (the same config trains the same way on every machine)."""
@@ -343,13 +385,14 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``), ``attn`` (the attention kernel, fixed),
     ``flat_multiple`` (varlen's one-sequence micro-batch is padded to a multiple of this many tokens,
     :func:`train.packing.collate_flat`),
-    ``compile`` (True = the trained decoder layers go through ``torch.compile``: an ablation, not yet measured to
-    pay; tests/test_train.py checks it is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
+    ``compile`` (True/False: overrides :func:`use_compile`'s choice from ``cfg.compile``; tests/test_train.py
+    checks the compiled engine is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
     autograd node each, :func:`train.kernels.lora_linear`; an ablation, exact on CPU, not yet measured on a GPU).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
 
+    t_engine = time.time()
     body, head = _body_head(pm)
     n_layers = len(body.layers)
     k = n_layers - cfg.lora_layers if cfg.lora_layers else 0
@@ -370,7 +413,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     per_step = cfg.batch_size * cfg.grad_accum * world
     n_tgt = [sum(y != IGNORE for y in e["labels"][1:]) for e in examples]
     spe = max(1, math.ceil(len(examples) / per_step))
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(spe * cfg.epochs))
+    total = planned_steps(cfg, len(examples), world)
     trainable = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=cuda)
     sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=int(math.ceil(cfg.warmup_ratio * total)),
@@ -394,12 +437,14 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     pad_id = tok.pad_token_id or 0
     n_active = n_layers - k
 
-    attn = {"backend": tuning.get("attn", "auto")}  # attention kernel: "auto" (masked SDPA), "efficient", "varlen"
-    flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
     # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation for now
     lora_mods = fusable_lora_modules(pm) if tuning.get("fused_lora") else []
     lora_fused = fused_lora(lora_mods)  # entered on every micro-batch (no layers: does nothing)
-    compiled = bool(tuning.get("compile"))
+    compiled = bool(tuning.get("compile", use_compile(cfg, cuda, total)))
+    # attention kernel: "auto" (masked SDPA), "efficient", "varlen"; compiled on CUDA: varlen, not timed (one
+    # graph for every length; the masked kernels' [T, T] mask would be one more dynamic input)
+    attn = {"backend": tuning.get("attn", "varlen" if compiled and cuda else "auto")}
+    flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
     if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
         for layer in body.layers[k:]:
             layer.compile(dynamic=True)
@@ -440,7 +485,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                     h = body.embed_tokens(ids)
                     if k > 0:
                         h = run_layers(body, h, pos, 0, k, final_norm=False)
-            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen)
+            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen,
+                           dynamic=compiled)
             loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets)
             (loss * (n / n_targets)).backward()
         return loss.detach().float() * (n / n_targets)
@@ -486,9 +532,24 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                     torch.cuda.empty_cache()
 
             # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
-            micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
-                                                                       margin_layers=max(1, n_active // 8))
-            if "attn" not in tuning:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
+            try:
+                micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
+                                                                           margin_layers=max(1, n_active // 8))
+            except Exception as e:  # noqa: BLE001 — the compiler failed on this model/GPU: train eagerly instead
+                if not compiled or "compile" in tuning:
+                    raise
+                if rank == 0:
+                    print(f"notice: torch.compile failed ({type(e).__name__}: {str(e)[:200]}) — training the "
+                          f"layers eagerly (plain torch, no Liger kernels); set compile: off to skip compiling",
+                          file=sys.stderr)
+                for layer in body.layers[k:]:
+                    layer._compiled_call_impl = None
+                compiled = False
+                attn["backend"] = tuning.get("attn", "auto")
+                opt.zero_grad(set_to_none=True)
+                micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
+                                                                           margin_layers=max(1, n_active // 8))
+            if "attn" not in tuning and not compiled:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
                 attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn, probe_losses)
             if rank == 0:
                 print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
@@ -504,7 +565,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     retries0 = _alloc_retries() if cuda else 0
     retry_steps: list[int] = []
     bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
-    t_train = time.time()
+    t_train, t_first = time.time(), 0.0
     step = start
     order, order_epoch = [], -1
     for step in range(start + 1, total + 1):
@@ -559,6 +620,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         window_n += 1
         losses.append(step_loss)
         bar.update(1)
+        if not t_first:
+            t_first = time.time()  # end of the first step: setup, probe, compiling (when compiled) and step 1
         if capped:
             r = _alloc_retries()
             if r > retries0:
@@ -581,6 +644,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
         if step % cfg.save_steps == 0 and step < total and rank == 0:
             _save_checkpoint(pm, opt, sched, step, {"num_tokens": seen_tokens}, ck_dir)
     bar.close()
+    warmup_s = round(t_first - t_engine, 2) if t_first else None
     return {"steps": total, "max_steps": total, "epochs": total / spe, "tokens_seen": seen_tokens,
             "train_loss": float(sum(losses)) / len(losses) if losses else ckpt_extra.get("train_loss"),
             "train_seconds": round(time.time() - t_train, 1),
@@ -588,5 +652,6 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                        "liger": use_liger, "micro_rows": micro_rows, "checkpointed_layers": ckpt_layers,
                        "trained_layers": n_active, "micro_batch_probe": probe_trials, "attention": attn["backend"],
                        "alloc_retry_steps": retry_steps, "fused_lora_layers": len(lora_mods),
+                       "compiled": compiled, "warmup_s": warmup_s,
                        "packing": packing, "tuning": tuning,
                        "quantization": quant}}

@@ -354,9 +354,18 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         log(f"data: {len(ts.examples)} examples, {ts.tokens} tokens ({ts.target_tokens} trained), "
             f"{ts.truncated} truncated at max_length={cfg.max_length}")
         model.config.use_cache = False
-        if cuda:
+        from .engine import COMPILE_MIN_STEPS, planned_steps, use_compile
+
+        steps = planned_steps(cfg, len(ts.examples), world)
+        if cuda and use_compile(cfg, cuda, steps):
+            log(f"torch.compile: the trained layers are compiled (compile={cfg.compile}, {steps} steps; a one-off "
+                f"compile before step 1), Liger's fused loss head kept")
+        elif cuda:
             from .kernels import apply_liger, liger_available
 
+            if cfg.compile == "auto":
+                log(f"torch.compile: off ({steps} steps < {COMPILE_MIN_STEPS}: the one-off compile would not pay; "
+                    f"--compile on forces it)")
             if liger_available():
                 log(f"liger kernels: {apply_liger(model)}")
         pm = get_peft_model(model, peft_cfg)

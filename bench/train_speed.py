@@ -282,6 +282,10 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     secs = sum((r["num_tokens"] - q) / r["tokens_per_s"] for r, q in
                zip(timed, [prev] + [t["num_tokens"] for t in timed[:-1]]))
     eng = summ["engine"]
+    if eng.get("compiled"):  # what compiling cost: graphs and the compiler's phases (seconds)
+        from torch._dynamo.utils import compile_times, counters
+
+        eng["dynamo"] = {"stats": dict(counters["stats"]), "compile_times": str(compile_times(repr="str"))[:3000]}
     step_s = [round((r["num_tokens"] - q) / r["tokens_per_s"], 4) for r, q in
               zip(recs, [0] + [t["num_tokens"] for t in recs[:-1]])]
     return {"tokens_per_s_real": toks / secs, "sec": secs, "step_s": step_s,

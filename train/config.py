@@ -46,7 +46,8 @@ class TrainConfig:
                                     "micro-batch and checkpointed layers are timed under the cap before step 1")
     compile: str = _f("auto", "fast engine: torch.compile the trained decoder layers (plain-torch RMSNorm/RoPE/SwiGLU "
                               "fused by Inductor instead of Liger's kernels). auto: on for CUDA runs of >= "
-                              "COMPILE_MIN_STEPS steps (train/engine.py; compiling costs a one-off ~0.5-1 min) | on | off")
+                              "1000 steps (COMPILE_MIN_STEPS: compiling costs a one-off ~1 min on an H200, paid back "
+                              "from ~700 steps) | on | off")
     save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
     logging_steps: int = _f(5, "log loss every N steps")
     output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")

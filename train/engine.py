@@ -287,7 +287,11 @@ def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int,
     return best
 
 
-COMPILE_MIN_STEPS = 300  # compile "auto": on for CUDA runs of at least this many optimizer steps (docs/gpu.md)
+# compile "auto": on for CUDA runs of at least this many optimizer steps. Measured on the H200 (1B shape, 24
+# examples/step, bench/results/train_speed_history/h200_2026-12-02c_*.json): compiling adds ~55 s to the warm-up
+# (64.4 s vs 9.7 s eager, cold Inductor cache) and saves ~0.08 s per step (0.151 vs 0.231 s), so it pays from
+# ~700 steps (~830 on the slower lease of 2026-12-02b); 1000 leaves a margin
+COMPILE_MIN_STEPS = 1000
 
 
 def planned_steps(cfg, n_examples: int, world: int = 1) -> int:

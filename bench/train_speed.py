@@ -220,7 +220,8 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
     torch.manual_seed(0)
     model = load_base(os.path.join(MODEL_DIR, shape), "nf4" if cuda else "none", cuda)
     liger = cuda and liger_available() and o.get("liger", True)
-    if liger and o.get("liger_patch", True) and not use_compile(cfg, cuda, steps):  # as train/recipe.py does
+    patched = liger and o.get("liger_patch", True) and not use_compile(cfg, cuda, steps)  # as train/recipe.py does
+    if patched:
         apply_liger(model)
     model.config.use_cache = False
     pm = get_peft_model(model, lora_config(cfg, model))
@@ -294,7 +295,7 @@ def worker_ours(mode: str, shape: str, steps: int, warmup: int, device: str, mem
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss_end": recs[-1]["loss"], "losses": [r["loss"] for r in recs], "examples_per_step": o["batch"],
             "gpu_memory_gib": cfg.gpu_memory_gib, "lora_dropout": cfg.lora_dropout, "liger": liger,
-            "liger_patch": liger and o.get("liger_patch", True) and not eng.get("compiled"),
+            "liger_patch": patched,
             "compiled": eng.get("compiled"), "warmup_s": eng.get("warmup_s"), "micro_rows": eng["micro_rows"],
             "checkpointed_layers": eng["checkpointed_layers"],
             "attention": eng.get("attention"), "alloc_retry_steps": eng.get("alloc_retry_steps"), "engine": eng}

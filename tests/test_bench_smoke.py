@@ -20,3 +20,19 @@ def test_step_overhead_runs_both_variants_with_the_same_loss(tmp_path, monkeypat
     res = json.loads(out.read_text())
     assert res["lora_layers_fused"] == 2 * 7 and set(res["ms_per_step"]) == {"peft", "fused_lora"}
     assert res["loss"]["peft"] == res["loss"]["fused_lora"] and res["fused_lora_vs_peft"] > 0
+
+
+def test_train_speed_cpu_dry_run_reports_the_engine_decisions(tmp_path):
+    """bench/train_speed.py on the tiny shape on CPU (TRL needs CUDA): the engine row carries tokens/s, the loss,
+    and the compile decision (``auto`` leaves a 3-step run eager)."""
+    import subprocess
+
+    out = tmp_path / "ts.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--shapes", "tiny",
+                        "--steps", "3", "--warmup", "1", "--plan", "ours:cli_b8", "--ablations", "", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = json.loads(out.read_text())["shapes"]["tiny"]["runs"]["ours:cli_b8"]
+    assert "error" not in run, run.get("error")
+    assert run["tokens_per_s_real"] > 0 and len(run["losses"]) == 3
+    assert run["compiled"] is False and run["engine"]["compiled"] is False and run["warmup_s"] > 0

@@ -550,7 +550,6 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                     layer._compiled_call_impl = None
                 compiled = False
                 attn["backend"] = tuning.get("attn", "auto")
-                opt.zero_grad(set_to_none=True)
                 micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
                                                                            margin_layers=max(1, n_active // 8))
             if "attn" not in tuning and not compiled:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed

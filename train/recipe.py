@@ -357,15 +357,16 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         from .engine import COMPILE_MIN_STEPS, planned_steps, use_compile
 
         steps = planned_steps(cfg, len(ts.examples), world)
-        if cuda and use_compile(cfg, cuda, steps):
+        compiled = use_compile(cfg, cuda, steps)  # the engine makes the same decision from the same numbers
+        if compiled:
             log(f"torch.compile: the trained layers are compiled (compile={cfg.compile}, {steps} steps; a one-off "
-                f"compile before step 1), Liger's fused loss head kept")
-        elif cuda:
+                f"compile before step 1)" + (", Liger's fused loss head kept" if cuda else ""))
+        elif cuda and cfg.compile == "auto":
+            log(f"torch.compile: off ({steps} steps < {COMPILE_MIN_STEPS}: the one-off compile would not pay; "
+                f"--compile on forces it)")
+        if cuda and not compiled:
             from .kernels import apply_liger, liger_available
 
-            if cfg.compile == "auto":
-                log(f"torch.compile: off ({steps} steps < {COMPILE_MIN_STEPS}: the one-off compile would not pay; "
-                    f"--compile on forces it)")
             if liger_available():
                 log(f"liger kernels: {apply_liger(model)}")
         pm = get_peft_model(model, peft_cfg)

@@ -391,7 +391,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     :func:`train.packing.collate_flat`),
     ``compile`` (True/False: overrides :func:`use_compile`'s choice from ``cfg.compile``; tests/test_train.py
     checks the compiled engine is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
-    autograd node each, :func:`train.kernels.lora_linear`; an ablation, exact on CPU, not yet measured on a GPU).
+    autograd node each, :func:`train.kernels.lora_linear`; exact on CPU; an ablation: it lost to the compiled
+    layers on the H200, docs/gpu.md).
     """
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -441,7 +442,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     pad_id = tok.pad_token_id or 0
     n_active = n_layers - k
 
-    # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation for now
+    # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation, off by default
     lora_mods = fusable_lora_modules(pm) if tuning.get("fused_lora") else []
     lora_fused = fused_lora(lora_mods)  # entered on every micro-batch (no layers: does nothing)
     compiled = bool(tuning.get("compile", use_compile(cfg, cuda, total)))

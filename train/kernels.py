@@ -14,8 +14,9 @@
   nothing is computed across examples. The engine's probe times it against the masked kernels.
 
 * :class:`fused_lora` runs PEFT's LoRA layers (over ``nn.Linear`` or NF4 ``Linear4bit``) as one autograd node
-  each (:func:`lora_linear`), for steps whose cost is CPU time per launch; an ablation
-  (``tuning["fused_lora"]``) until a GPU run shows it pays.
+  each (:func:`lora_linear`), for steps whose cost is CPU time per launch; an ablation (``tuning["fused_lora"]``),
+  off by default: on the H200 it paid alone on the eager path (28.0k against 25.3k tokens/s, one sample) but cost a
+  quarter of the compiled engine's speed (34.1k against 44.7k), docs/gpu.md.
 
 ``tests/test_kernels.py`` checks each path against the plain ``model(..., labels=...)`` loss (and the varlen
 kernel against per-segment SDPA on CUDA); ``tests/test_engine_micro.py`` checks the varlen wiring and the
@@ -127,7 +128,7 @@ VARLEN_KERNEL = {"fn": flash_varlen}  # tests swap in reference_varlen on CPU
 @functools.lru_cache(maxsize=4)
 def _make_dispatch(orig):
     """The dispatcher wrapping transformers' ``orig`` SDPA function: one object per ``orig`` (cached), so a
-    compiled decoder layer (``tuning["compile"]``) sees the same function on every micro-batch and is not
+    compiled decoder layer (``compile`` setting, :func:`train.engine.use_compile`) sees the same function on every micro-batch and is not
     recompiled each time the context manager is entered."""
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         cu = kwargs.pop("wb_cu_seqlens", None)

@@ -17,7 +17,7 @@ from curate import snapshot as snap
 from curate.example import Example, Source
 from train.config import TrainConfig, coerce, load
 from train.data import IGNORE, tokenize_example, tokenize_rows
-from train.template import CHATML_WITH_GENERATION, TemplateMismatch, preflight
+from train.template import TemplateMismatch, preflight
 
 
 @pytest.fixture(scope="module")
@@ -143,38 +143,47 @@ def test_heldout_never_reaches_the_dataset(store, workspace):
     snap.create(store, "v1")
     _, _, train_rows, held = load_snapshot("v1", str(workspace))
     assert held and not ({r["id"] for r in train_rows} & held)
-    ds = build_dataset(train_rows, held)
-    assert len(ds) == len(train_rows)
-    sneaky = dict(train_rows[0], id=next(iter(held)))
+    from transformers import AutoTokenizer
+
+    from curate.models import materialize_chat_model
+
+    tok = AutoTokenizer.from_pretrained(materialize_chat_model())
+    ts = tokenize_rows(tok, train_rows, tok.chat_template, 128)
+    ds = build_dataset(ts, held)
+    assert len(ds) == len(train_rows) and ds[0]["labels"] == ts.examples[0]["labels"]
+    ts.ids[0] = next(iter(held))
     with pytest.raises(TrainError, match="held-out"):
-        build_dataset(train_rows + [sneaky], held)
+        build_dataset(ts, held)
 
 
 # --- template and masking -----------------------------------------------------------------------------
 
 def test_preflight_rejects_a_template_that_renders_differently(tok):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
-    marked = preflight(tok, rows, CHATML_WITH_GENERATION, CHATML_WITH_GENERATION, tok.chat_template)
+    tpl = tok.chat_template  # SmolLM2's own ChatML template: trained as is, with its default system prompt
+    marked = preflight(tok, rows, tpl, tpl, tpl)
     assert "⟦hello<|im_end|>⟧" in marked and "⟦" not in marked.split("assistant")[0]
-    wrong = CHATML_WITH_GENERATION.replace("<|im_start|>' + message['role']", "<|im_start|> ' + message['role']")
+    assert "You are a helpful AI assistant named SmolLM" in marked
+    wrong = tpl.replace("'<|im_start|>' + message['role']", "'<|im_start|> ' + message['role']")
+    assert wrong != tpl
     with pytest.raises(TemplateMismatch, match="serving template renders"):
-        preflight(tok, rows, CHATML_WITH_GENERATION, wrong)
-    no_system = CHATML_WITH_GENERATION.replace("You are a helpful AI assistant", "You are an AI")
+        preflight(tok, rows, tpl, wrong)
+    other = tpl.replace("You are a helpful AI assistant", "You are an AI")
     with pytest.raises(TemplateMismatch, match="base model's template"):
-        preflight(tok, rows, no_system, no_system, tok.chat_template)
+        preflight(tok, rows, other, other, tpl)
 
 
 def test_only_assistant_tokens_have_labels(tok):
     msgs = [{"role": "system", "content": "Classify."}, {"role": "user", "content": "my card is lost"},
             {"role": "assistant", "content": "lost_or_stolen_card"}, {"role": "user", "content": "and now?"},
             {"role": "assistant", "content": "card_arrival"}]
-    ex = tokenize_example(tok, msgs, CHATML_WITH_GENERATION, 512)
+    ex = tokenize_example(tok, msgs, tok.chat_template, 512)
     trained = tok.decode([t for t, y in zip(ex["input_ids"], ex["labels"]) if y != IGNORE])
     assert trained == "lost_or_stolen_card<|im_end|>card_arrival<|im_end|>"
     assert all(y in (IGNORE, t) for t, y in zip(ex["input_ids"], ex["labels"]))
-    cut = tokenize_example(tok, msgs, CHATML_WITH_GENERATION, 12)
+    cut = tokenize_example(tok, msgs, tok.chat_template, 12)
     assert cut["truncated"] and len(cut["input_ids"]) == 12
-    ts = tokenize_rows(tok, [{"id": "a", "messages": msgs}], CHATML_WITH_GENERATION, 12)
+    ts = tokenize_rows(tok, [{"id": "a", "messages": msgs}], tok.chat_template, 12)
     assert ts.examples == [] and ts.dropped_no_target == ["a"]  # listed, not silently lost
 
 
@@ -210,7 +219,7 @@ def test_engine_first_step_loss_equals_plain_loss(tok, tiny_model, tmp_path, lor
 
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"query {i} " + "word " * (i % 7)},
                                         {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
-    ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 128)
+    ts = tokenize_rows(tok, rows, tok.chat_template, 128)
     ref = _plain_loss(tiny_model, ts.examples)
     cfg = TrainConfig(max_steps=1, batch_size=12, max_length=128, lora_layers=lora_layers, lora_dropout=0.0,
                       logging_steps=1)
@@ -239,7 +248,7 @@ def test_engine_with_compiled_layers_is_exact(tok, tiny_model, tmp_path):
 
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"query {i} " + "word " * (i % 9)},
                                         {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
-    ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 128)
+    ts = tokenize_rows(tok, rows, tok.chat_template, 128)
     losses = {}
     for mode, tuning in (("off", {}), ("on", {}), ("on", {"micro_rows": 1, "checkpointed_layers": 1})):
         cfg = TrainConfig(max_steps=2, batch_size=6, max_length=128, lora_dropout=0.0, logging_steps=1,
@@ -317,14 +326,14 @@ def test_tokenized_set_cached_by_snapshot_hash(tok, tmp_path):
 
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(5)]
-    a, hit_a = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-1"], tmp_path)
-    b, hit_b = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-1"], tmp_path)
-    c, hit_c = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 63, ["sha-1"], tmp_path)
-    d, hit_d = cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64, ["sha-2"], tmp_path)
+    a, hit_a = cached_tokenize_rows(tok, rows, tok.chat_template, 64, ["sha-1"], tmp_path)
+    b, hit_b = cached_tokenize_rows(tok, rows, tok.chat_template, 64, ["sha-1"], tmp_path)
+    c, hit_c = cached_tokenize_rows(tok, rows, tok.chat_template, 63, ["sha-1"], tmp_path)
+    d, hit_d = cached_tokenize_rows(tok, rows, tok.chat_template, 64, ["sha-2"], tmp_path)
     assert (hit_a, hit_b, hit_c, hit_d) == (False, True, False, False)
     assert a.examples == b.examples and a.ids == b.ids and len(list(tmp_path.glob("tok-*.pkl"))) == 3
     next(tmp_path.glob("tok-*.pkl")).write_bytes(b"torn")  # a damaged cache file is rebuilt, not trusted
-    assert all(cached_tokenize_rows(tok, rows, CHATML_WITH_GENERATION, m, [k], tmp_path)[0].examples
+    assert all(cached_tokenize_rows(tok, rows, tok.chat_template, m, [k], tmp_path)[0].examples
                for m, k in ((64, "sha-1"), (63, "sha-1"), (64, "sha-2")))
 
 
@@ -338,7 +347,7 @@ def test_grad_accum_splits_the_step_but_not_the_result(tok, tiny_model, tmp_path
 
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"query {i} " + "word " * (i % 9)},
                                         {"role": "assistant", "content": f"label_{i % 3}"}]} for i in range(12)]
-    ts = tokenize_rows(tok, rows, CHATML_WITH_GENERATION, 64)
+    ts = tokenize_rows(tok, rows, tok.chat_template, 64)
     calls, orig = [], eng.collate_rows
 
     def spy(rws, *a, **k):

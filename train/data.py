@@ -1,10 +1,10 @@
 """Snapshot rows → token ids and labels, with the loss on assistant tokens only.
 
-The mask comes from the ``{% generation %}`` markers of the training template
-(:mod:`train.template`) through ``apply_chat_template(return_assistant_tokens_mask=True)``,
-the same mechanism TRL's ``assistant_only_loss`` uses. Labels are the token id
-where the template marks an assistant span and -100 everywhere else (system,
-user, role headers). Both engines (``fast`` and ``trl``) see exactly these spans.
+The mask marks each assistant turn and its end-of-turn text in the base model's own
+chat template (:func:`train.template.tokenize_with_mask`: ``{% generation %}`` markers
+where the template has them, render-and-diff otherwise). Labels are the token id
+inside an assistant span and -100 everywhere else (system, user, role headers).
+Both engines (``fast`` and ``trl``) train on exactly these ids and labels.
 """
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .packing import IGNORE
+from .template import labels_from_mask, tokenize_with_mask
+
+MASK_VERSION = "spans-2"  # part of the cache key: bump when the masking rule changes
 
 
 def tokenize_example(tokenizer, messages: Sequence[dict[str, Any]], template: str, max_length: int) -> dict:
     """{"input_ids", "labels", "truncated"} for one conversation, truncated to ``max_length`` tokens."""
-    out = tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids = list(out["input_ids"])
-    mask = list(out["assistant_masks"])
-    labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+    ids, mask = tokenize_with_mask(tokenizer, messages, template)
+    labels = labels_from_mask(ids, mask)
     truncated = len(ids) > max_length
     return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
 
@@ -53,7 +53,7 @@ def cached_tokenize_rows(tokenizer, rows: Sequence[dict[str, Any]], template: st
     from pathlib import Path
 
     h = hashlib.sha256()
-    for part in (*key_parts, template, str(max_length), str(len(tokenizer)),
+    for part in (MASK_VERSION, *key_parts, template, str(max_length), str(len(tokenizer)),
                  tokenizer.name_or_path):
         h.update(str(part).encode() + b"\0")
     h.update(hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).digest())

@@ -46,29 +46,68 @@ from .packing import IGNORE, collate_flat, collate_rows, pack_examples
 CACHE_BUDGET_BYTES = 4 * 2**30  # frozen-prefix cache larger than this: recompute the prefix every step
 
 
-def _body_head(pm):
-    base = pm.get_base_model() if hasattr(pm, "get_base_model") else pm
+# Decoder families whose forward is exactly embed_tokens → layers (per-layer-type mask and rotary embedding)
+# → norm → lm_head (with the config's final logit soft-capping), which is what the engine reproduces. Anything
+# else trains on the TRL engine (tests/test_train_families.py compares the first-step loss with transformers').
+FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
+
+
+def fast_engine_unsupported(model) -> str | None:
+    """Why the fast engine cannot train ``model`` exactly (None when it can)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mt = getattr(base.config, "model_type", "?")
+    if mt not in FAST_MODEL_TYPES:
+        return f"model type {mt!r} is not one it reproduces exactly ({', '.join(FAST_MODEL_TYPES)})"
     body = getattr(base, "model", None)
-    if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb"):
-        raise RuntimeError(f"the fast engine supports Llama-family decoders (model.layers + rotary_emb); "
-                           f"{type(base).__name__} is not one — use --engine trl")
-    return body, base.lm_head
+    if body is None or not all(hasattr(body, a) for a in ("embed_tokens", "layers", "rotary_emb", "norm")):
+        return f"{type(base).__name__} does not have the embed_tokens/layers/rotary_emb/norm decoder layout"
+    if getattr(getattr(base, "lm_head", None), "bias", None) is not None:
+        return "its lm_head has a bias"
+    return None
 
 
-@functools.lru_cache(maxsize=1)
-def _mask_params() -> frozenset:
+def _body_head(pm):
+    why = fast_engine_unsupported(pm)
+    if why:
+        raise RuntimeError(f"the fast engine cannot train this model: {why} — use --engine trl")
+    base = pm.get_base_model() if hasattr(pm, "get_base_model") else pm
+    return base.model, base.lm_head
+
+
+def layer_types(config) -> list[str]:
+    """Each decoder layer's attention type: the config's ``layer_types`` (Gemma 2/3, Qwen2/3), else sliding
+    everywhere when the config has a window (Mistral, Phi-3), else full."""
+    n = config.num_hidden_layers
+    if getattr(config, "layer_types", None):
+        return list(config.layer_types)[:n]
+    return ["sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"] * n
+
+
+def varlen_exact(config, max_length: int) -> bool:
+    """The varlen kernel is plain causal attention: exact unless a sliding window shorter than a row applies, or
+    the attention logits are soft-capped."""
+    window = getattr(config, "sliding_window", None) or 0
+    sliding = "sliding_attention" in layer_types(config) and window and window < max_length
+    return not sliding and not getattr(config, "attn_logit_softcapping", None)
+
+
+def logit_softcap(config) -> float | None:
+    return getattr(config, "final_logit_softcapping", None) or None
+
+
+@functools.lru_cache(maxsize=4)
+def _mask_params(fn) -> frozenset:
     import inspect
 
-    from transformers.masking_utils import create_causal_mask
-
-    return frozenset(inspect.signature(create_causal_mask).parameters)
+    return frozenset(inspect.signature(fn).parameters)
 
 
-def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
-    """transformers' causal mask for packed position ids, across the 4.5x and 5.x signatures."""
-    from transformers.masking_utils import create_causal_mask
+def _mask(kind: str, config, hidden: torch.Tensor, pos: torch.Tensor):
+    """transformers' causal (or sliding-window) mask for packed position ids, across the 4.5x and 5.x signatures."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    params = _mask_params()
+    fn = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+    params = _mask_params(fn)
     kw = {"config": config, "attention_mask": None, "position_ids": pos}
     kw["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
     if "cache" in params:
@@ -77,14 +116,25 @@ def _causal_mask(config, hidden: torch.Tensor, pos: torch.Tensor):
         kw["past_key_values"] = None
     if "cache_position" in params:
         kw["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
-    return create_causal_mask(**kw)
+    return fn(**kw)
+
+
+def _position_embeddings(body, hidden: torch.Tensor, pos: torch.Tensor, kinds: set[str]) -> dict:
+    """(cos, sin) per layer type: Gemma 3 has one rotary base per type, the others one for all."""
+    import inspect
+
+    if "layer_type" in inspect.signature(body.rotary_emb.forward).parameters:
+        return {t: body.rotary_emb(hidden, pos, t) for t in kinds}
+    pe = body.rotary_emb(hidden, position_ids=pos)
+    return dict.fromkeys(kinds, pe)
 
 
 def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, *, final_norm: bool,
                checkpoint_layers: int = 0, varlen: tuple[torch.Tensor, int] | None = None,
                dynamic: bool = False) -> torch.Tensor:
     """Decoder layers ``lo:hi`` of ``body`` on ``hidden`` [B,T,H] with packed position ids (no attention
-    across examples: transformers builds the block-diagonal mask from the restarting position ids).
+    across examples: transformers builds the block-diagonal mask, sliding-window where the layer's type says so,
+    from the restarting position ids).
 
     ``checkpoint_layers``: the first N of these layers keep only their input for backward and recompute the
     rest (selective activation checkpointing: N is chosen by :func:`choose_micro_batch` to fit memory).
@@ -96,33 +146,42 @@ def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, 
     take are marked dynamic before the first call, so Inductor compiles one graph for all lengths and segment
     counts (unmarked, the first call specializes on its length and the second compiles again), and the input
     requires grad so the first layer shares the others' graph."""
-    mask = _causal_mask(body.config, hidden, pos) if varlen is None else None
+    types = layer_types(body.config)
+    kinds = set(types[lo:hi])
+    masks = dict.fromkeys(kinds) if varlen is not None else {t: _mask(t, body.config, hidden, pos) for t in kinds}
     kw = {} if varlen is None else {"wb_cu_seqlens": varlen[0], "wb_max_seqlen": varlen[1]}
-    pe = body.rotary_emb(hidden, position_ids=pos)
+    pes = _position_embeddings(body, hidden, pos, kinds)
     if dynamic:
-        from torch._dynamo import maybe_mark_dynamic
-
-        if torch.is_grad_enabled() and not hidden.requires_grad:
-            # the first trained layer's input (frozen embeddings or prefix) would otherwise be a second graph
-            # (dynamo guards on requires_grad): one more compile against a wasted input gradient of one layer
-            hidden = hidden.detach().requires_grad_(True)
-
-        for t in (hidden, pos, *pe):
-            maybe_mark_dynamic(t, 1)
-        if mask is not None:
-            maybe_mark_dynamic(mask, 2)
-            maybe_mark_dynamic(mask, 3)
-        if varlen is not None:
-            maybe_mark_dynamic(varlen[0], 0)
+        hidden = _mark_dynamic(hidden, pos, pes, masks, varlen)
     for i, layer in enumerate(body.layers[lo:hi]):
+        mask, pe = masks[types[lo + i]], pes[types[lo + i]]
         if i < checkpoint_layers and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            hidden = checkpoint(lambda h, _l=layer: _l(h, attention_mask=mask, position_embeddings=pe,
-                                                       position_ids=pos, **kw), hidden, use_reentrant=False)
+            hidden = checkpoint(lambda h, _l=layer, _m=mask, _p=pe: _l(h, attention_mask=_m, position_embeddings=_p,
+                                                                        position_ids=pos, **kw),
+                                hidden, use_reentrant=False)
         else:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos, **kw)
     return body.norm(hidden) if final_norm else hidden
+
+
+def _mark_dynamic(hidden, pos, pes: dict, masks: dict, varlen) -> torch.Tensor:
+    from torch._dynamo import maybe_mark_dynamic
+
+    if torch.is_grad_enabled() and not hidden.requires_grad:
+        # the first trained layer's input (frozen embeddings or prefix) would otherwise be a second graph
+        # (dynamo guards on requires_grad): one more compile against a wasted input gradient of one layer
+        hidden = hidden.detach().requires_grad_(True)
+    for t in (hidden, pos, *{id(p): p for pe in pes.values() for p in pe}.values()):
+        maybe_mark_dynamic(t, 1)
+    for mask in masks.values():
+        if isinstance(mask, torch.Tensor):
+            maybe_mark_dynamic(mask, 2)
+            maybe_mark_dynamic(mask, 3)
+    if varlen is not None:
+        maybe_mark_dynamic(varlen[0], 0)
+    return hidden
 
 
 def choose_micro_batch(try_fb: Callable[[int, int], float | None], rows_needed: int, n_active: int,
@@ -252,19 +311,20 @@ VARLEN_EDGE = 1.10  # choose_attention: another kernel must be this much faster 
 
 
 def choose_attention(try_fb: Callable[[int, int], float | None], m: int, c: int, trials: list[dict],
-                     attn: dict, losses: dict, rtol: float = 1e-2) -> str:
+                     attn: dict, losses: dict, rtol: float = 1e-2,
+                     names: tuple[str, ...] = ("varlen", "efficient", "auto")) -> str:
     """Time the chosen micro-batch (``m`` rows, ``c`` checkpointed layers) with each other attention kernel;
     the fastest wins, with varlen credited :data:`VARLEN_EDGE` for what the probe cannot see. ``losses`` maps
     (m, c, backend) to the loss ``try_fb`` measured: a kernel whose loss is not within ``rtol`` of SDPA's on the
     same rows is rejected (a guard, not the proof: tests/test_kernels.py checks the kernels themselves). A kernel
-    that fails (not built for this GPU/dtype/torch) is skipped.
-    Every try is recorded in ``trials`` (the run manifest)."""
+    that fails (not built for this GPU/dtype/torch) is skipped. ``names``: the kernels exact for this model
+    (:func:`varlen_exact`), ``"auto"`` last. Every try is recorded in ``trials`` (the run manifest)."""
     speed = {"auto": max(((t["tokens_per_s"] or 0) for t in trials
                           if t["rows"] == m and t["checkpointed_layers"] == c and "attention" not in t), default=0)}
     ref = losses.get((m, c, "auto"))
     # SDPA is timed once more after the others: the chooser's first try at (m, c) often comes right after
     # out-of-memory tries and reads low (H200: 30.8k, then 40.6k for the same rows), which would favour the others
-    for name in ("varlen", "efficient", "auto"):
+    for name in names:
         attn["backend"] = name
         note = None
         try:
@@ -407,6 +467,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     use_liger = cuda and liger_available() and tuning.get("liger_loss", True)
     packing = tuning.get("packing", True)
     H = body.config.hidden_size
+    softcap = logit_softcap(body.config)
+    varlen_ok = varlen_exact(body.config, cfg.max_length)
 
     prefix = None
     if k > 0:
@@ -448,7 +510,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
     compiled = bool(tuning.get("compile", use_compile(cfg, cuda, total)))
     # attention kernel: "auto" (masked SDPA), "efficient", "varlen"; compiled on CUDA: varlen, not timed (one
     # graph for every length; the masked kernels' [T, T] mask would be one more dynamic input)
-    attn = {"backend": tuning.get("attn", "varlen" if compiled and cuda else "auto")}
+    attn = {"backend": tuning.get("attn", "varlen" if compiled and cuda and varlen_ok else "auto")}
     flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
     if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
         for layer in body.layers[k:]:
@@ -492,7 +554,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                         h = run_layers(body, h, pos, 0, k, final_norm=False)
             h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen,
                            dynamic=compiled)
-            loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets)
+            loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets,
+                                           softcap=softcap)
             (loss * (n / n_targets)).backward()
         return loss.detach().float() * (n / n_targets)
 
@@ -554,7 +617,8 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                 micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
                                                                            margin_layers=max(1, n_active // 8))
             if "attn" not in tuning and not compiled:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
-                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn, probe_losses)
+                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn, probe_losses,
+                                                   names=("varlen",) * varlen_ok + ("efficient", "auto"))
             if rank == 0:
                 print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
                       f"trained layer(s) with activation checkpointing, attention {attn['backend']} "

@@ -65,17 +65,22 @@ def target_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, y[idx]
 
 
-def _chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy((h @ w.t()).float(), y, reduction="sum")
+def _chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
+    logits = h @ w.t()
+    if softcap:  # Gemma 2/3: logits soft-capped to (-cap, cap) before the loss, as transformers does
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None, *,
                          use_liger: bool | None = None, chunk_tokens: int = 4096,
-                         targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+                         targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         softcap: float | None = None) -> tuple[torch.Tensor, int]:
     """(mean loss over targets, number of targets) for hidden [B,T,H], lm_head weight [V,H], labels [B,T].
 
     ``use_liger``: None = Liger when available; True forces it (error if unavailable); False = chunked torch.
     ``targets``: :func:`target_index` of the labels, already on ``hidden``'s device (then ``labels`` is unused).
+    ``softcap``: the model's final logit soft-capping (``tanh(logits / cap) * cap``), None for none.
     """
     idx, y = targets if targets is not None else target_index(labels)
     n = int(y.numel())
@@ -88,16 +93,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if use_liger:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-        return LigerFusedLinearCrossEntropyLoss(reduction="mean")(weight, h.contiguous(), y), n
+        return LigerFusedLinearCrossEntropyLoss(reduction="mean", softcap=softcap)(weight, h.contiguous(), y), n
     from torch.utils.checkpoint import checkpoint
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, n, chunk_tokens):
         hs, ys = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
         if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_loss_sum, hs, weight, ys, use_reentrant=False)
+            total = total + checkpoint(_chunk_loss_sum, hs, weight, ys, softcap, use_reentrant=False)
         else:
-            total = total + _chunk_loss_sum(hs, weight, ys)
+            total = total + _chunk_loss_sum(hs, weight, ys, softcap)
     return total / n, n
 
 

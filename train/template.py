@@ -91,33 +91,64 @@ def _safe_render(tokenizer, messages, template: str, what: str, **kw) -> str:
         raise TemplateMismatch(f"the chat template cannot render {what}: {type(e).__name__}: {e}") from None
 
 
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
 def assistant_spans(tokenizer, messages: Sequence[dict[str, Any]], template: str) -> tuple[str, list[tuple[int, int]]]:
-    """(rendered conversation, [(start, end) character spans of the trained assistant turns]) by render-and-diff."""
+    """(training text, [(start, end) character spans of the trained assistant turns]) by render-and-diff.
+
+    Normally the training text is the whole conversation rendered, and every assistant turn is trained. A
+    template that renders the conversation differently from its own prompts (Mistral's drops the system text
+    unless the conversation ends with a user turn) cannot be trained turn by turn and served alike: then the
+    training text is the serving prompt of the last assistant turn plus that turn (earlier turns are context)."""
     msgs = list(messages)
     full = _safe_render(tokenizer, msgs, template, "the conversation")
-    spans = []
-    for i, m in enumerate(msgs):
-        if m.get("role") != "assistant":
-            continue
-        where = f"assistant turn {i}"
-        prompt = _safe_render(tokenizer, msgs[:i], template, f"the prompt of {where}", add_generation_prompt=True)
-        if not full.startswith(prompt):
-            raise TemplateMismatch(f"{where} could not be located: the conversation up to it renders differently "
-                                   f"when it ends there (prompt {prompt[-80:]!r})")
-        through = _safe_render(tokenizer, msgs[: i + 1], template, f"the conversation ending at {where}")
-        content = str(m.get("content") or "").strip()
-        at = full.find(content, len(prompt))
-        own = through.rfind(content) if through.startswith(prompt) else -1
-        if at < 0 or own < len(prompt):
-            raise TemplateMismatch(f"{where} could not be located: its text does not follow its prompt in the "
-                                   f"rendering")
-        closing = through[own + len(content):].rstrip()
-        end = at + len(content)
-        if not full.startswith(closing, end):
-            raise TemplateMismatch(f"{where} could not be located: its closing text {closing!r} does not follow it "
-                                   f"in the rendered conversation")
-        spans.append((len(prompt), end + len(closing)))
-    return full, spans
+    turns = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"]
+    prompts = {i: _safe_render(tokenizer, msgs[:i], template, f"the prompt of assistant turn {i}",
+                               add_generation_prompt=True) for i in turns}
+    if all(full.startswith(prompts[i]) for i in turns):
+        return full, [_turn_span(tokenizer, msgs, template, full, i, prompts[i]) for i in turns]
+    i = turns[-1]
+    completion = _completion(tokenizer, msgs, template, i, prompts[i])
+    return prompts[i] + completion, [(len(prompts[i]), len(prompts[i]) + len(completion))]
+
+
+def _turn_span(tokenizer, msgs, template: str, full: str, i: int, prompt: str) -> tuple[int, int]:
+    """Assistant turn ``i`` in ``full``: from the end of its prompt to the end of its closing text (what the
+    template renders after the turn's text, as far as the rest of the conversation agrees, trailing space cut)."""
+    where = f"assistant turn {i}"
+    through = _safe_render(tokenizer, msgs[: i + 1], template, f"the conversation ending at {where}")
+    content = str(msgs[i].get("content") or "").strip()
+    at = full.find(content, len(prompt))
+    own = through.rfind(content) if through.startswith(prompt) else -1
+    if at < 0 or own < len(prompt):
+        raise TemplateMismatch(f"{where} could not be located: its text does not follow its prompt in the rendering")
+    end = at + len(content)
+    closing = _common_prefix(through[own + len(content):], full[end:]).rstrip()
+    return len(prompt), end + len(closing)
+
+
+def _completion(tokenizer, msgs, template: str, i: int, prompt: str) -> str:
+    """The text the template renders for assistant turn ``i`` after its serving prompt: anchored on the text of
+    the turn before it, the rendering ending at turn ``i`` must continue the prompt's ending."""
+    where = f"assistant turn {i}"
+    through = _safe_render(tokenizer, msgs[: i + 1], template, f"the conversation ending at {where}")
+    anchor = str(msgs[i - 1].get("content") or "").strip() if i else ""
+    a, b = prompt.rfind(anchor), through.rfind(anchor)
+    tail_p, tail_t = prompt[a + len(anchor):], through[b + len(anchor):]
+    if not anchor or a < 0 or b < 0 or not tail_t.startswith(tail_p):
+        raise TemplateMismatch(f"{where} could not be located: the template renders the conversation up to it "
+                               f"differently from its serving prompt, and the turn's text could not be anchored")
+    completion = tail_t[len(tail_p):].rstrip()
+    if str(msgs[i].get("content") or "").strip() not in completion:
+        raise TemplateMismatch(f"{where} could not be located: its text is not in the rendered turn {completion!r}")
+    return completion
 
 
 def tokenize_with_mask(tokenizer, messages: Sequence[dict[str, Any]], template: str) -> tuple[list[int], list[int]]:
@@ -133,6 +164,23 @@ def tokenize_with_mask(tokenizer, messages: Sequence[dict[str, Any]], template: 
     for s, _e in enc["offset_mapping"]:
         mask.append(int(any(a <= s < b for a, b in spans)))
     return list(enc["input_ids"]), mask
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """Token ids that end an assistant turn: the eos token(s) and the special tokens of the template's closing
+    text (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``...), found by rendering a probe turn."""
+    probe = conform_messages(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}],
+                             template)
+    ids = set()
+    try:
+        text, spans = assistant_spans(tokenizer, probe, template)
+        closing = text[text.rfind("Yes", *spans[-1]) + 3: spans[-1][1]]
+        special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        ids = {i for i in tokenizer(closing, add_special_tokens=False)["input_ids"] if i in special}
+    except TemplateMismatch:
+        pass
+    eos = tokenizer.eos_token_id
+    return sorted(ids | ({eos} if eos is not None else set()))
 
 
 def labels_from_mask(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
@@ -167,6 +215,8 @@ def _check_row(tokenizer, i: int, msgs: list[dict], train_template: str, serve_t
         raise TemplateMismatch(f"row {i}: the base model's template renders differently from ours:\n"
                                f"ours: {full_t!r}\nbase: {render(tokenizer, msgs, base_template)!r}")
     prompt = render(tokenizer, msgs[:-1], serve_template, add_generation_prompt=True)
+    if not has_generation_markers(train_template):
+        full_t = assistant_spans(tokenizer, msgs, train_template)[0]  # the text training sees
     if not full_t.startswith(prompt):
         raise TemplateMismatch(f"row {i}: the serving prompt is not a prefix of the training text:\n"
                                f"prompt: {prompt!r}\ntrain:  {full_t!r}")

@@ -36,7 +36,17 @@ SHAPES = {
                     num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
     "llama3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                     num_attention_heads=24, num_key_value_heads=8, rope_theta=500000.0),
+    # other families' published shapes (config.json of Qwen/Qwen2.5-1.5B-Instruct and google/gemma-3-1b-it):
+    # QKV biases; Gemma 3's (1+w) norms, q/k norms, scaled embeddings, 5 sliding-window layers per global one
+    "qwen2.5-1.5b": dict(family="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0),
+    "gemma3-1b": dict(family="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912,
+                      num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                      sliding_window=512, rope_theta=1000000.0, query_pre_attn_scalar=256),
     # CPU dry run
+    "tiny_gemma3": dict(family="gemma3_text", vocab_size=512, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                        sliding_window=16, rope_theta=10000.0, query_pre_attn_scalar=16),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
 }
@@ -106,22 +116,23 @@ def make_data(V: int, n: int = 4000, seed: int = 0):
 def build_model(shape: str, device: str) -> str:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     path = os.path.join(MODEL_DIR, shape)
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    s = SHAPES[shape]
+    s = dict(SHAPES[shape])
+    family = s.pop("family", "llama")
     V = s["vocab_size"]
     tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(V)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1", bos_token="t2",
                                      unk_token="t0")
-    cfg = LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=True, **s)
+    cfg = AutoConfig.for_model(family, max_position_embeddings=4096, tie_word_embeddings=True, **s)
     cfg.pad_token_id = 0
     torch.manual_seed(0)
     with torch.device("cuda" if device == "cuda" else "cpu"):
-        m = LlamaForCausalLM(cfg).to(torch.bfloat16 if device == "cuda" else torch.float32)
+        m = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16 if device == "cuda" else torch.float32)
     m.save_pretrained(path)
     hf_tok.save_pretrained(path)
     return path

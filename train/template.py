@@ -120,8 +120,7 @@ def assistant_spans(tokenizer, messages: Sequence[dict[str, Any]], template: str
 
 
 def _turn_span(tokenizer, msgs, template: str, full: str, i: int, prompt: str) -> tuple[int, int]:
-    """Assistant turn ``i`` in ``full``: from the end of its prompt to the end of its closing text (what the
-    template renders after the turn's text, as far as the rest of the conversation agrees, trailing space cut)."""
+    """Assistant turn ``i`` in ``full``: from the end of its prompt to the end of its closing text."""
     where = f"assistant turn {i}"
     through = _safe_render(tokenizer, msgs[: i + 1], template, f"the conversation ending at {where}")
     content = str(msgs[i].get("content") or "").strip()
@@ -130,8 +129,23 @@ def _turn_span(tokenizer, msgs, template: str, full: str, i: int, prompt: str) -
     if at < 0 or own < len(prompt):
         raise TemplateMismatch(f"{where} could not be located: its text does not follow its prompt in the rendering")
     end = at + len(content)
-    closing = _common_prefix(through[own + len(content):], full[end:]).rstrip()
-    return len(prompt), end + len(closing)
+    return len(prompt), end + len(_closing(tokenizer, msgs[: i + 1], template, content, through, full[end:]))
+
+
+def _closing(tokenizer, msgs, template: str, content: str, through: str, rest: str) -> str:
+    """The turn's closing text (its end-of-turn token): what the template renders after the turn's text both
+    when the conversation ends there and when it goes on (so a final eos the template appends is not part of
+    it), in whole tokens, trailing space cut."""
+    tail = through[through.rfind(content) + len(content):]
+    more = _safe_render(tokenizer, [*msgs, {"role": "user", "content": "?"}], template, "a continued conversation")
+    common = _common_prefix(_common_prefix(tail, rest), more[more.rfind(content) + len(content):])
+    ends = [0]
+    pos = 0
+    for t in tokenizer(tail, add_special_tokens=False)["input_ids"]:  # token boundaries of the tail
+        pos += len(tokenizer.decode([t]))
+        ends.append(pos)
+    cut = max((e for e in ends if e <= len(common) and tail[:e] == common[:e]), default=0)
+    return tail[:cut].rstrip()
 
 
 def _completion(tokenizer, msgs, template: str, i: int, prompt: str) -> str:
@@ -159,11 +173,21 @@ def tokenize_with_mask(tokenizer, messages: Sequence[dict[str, Any]], template: 
                                             return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
     text, spans = assistant_spans(tokenizer, msgs, template)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = []
-    for s, _e in enc["offset_mapping"]:
-        mask.append(int(any(a <= s < b for a, b in spans)))
-    return list(enc["input_ids"]), mask
+    a, b = spans[-1] if spans else (len(text), len(text))
+    # the last reply is tokenized on its own after its serving prompt, as the model generates it at inference
+    # (a BPE merge across the boundary would otherwise give training other ids than serving); earlier replies
+    # are context tokenized with the prompt, their tokens found by offset
+    head = tokenizer(text[:a], add_special_tokens=False, return_offsets_mapping=len(spans) > 1)
+    ids = list(head["input_ids"])
+    mask = [0] * len(ids)
+    if len(spans) > 1:
+        mask = [int(any(x <= s < y for x, y in spans[:-1])) for s, _e in head["offset_mapping"]]
+    for piece, m in ((text[a:b], 1), (text[b:], 0)):
+        if piece:
+            got = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            ids += got
+            mask += [m] * len(got)
+    return ids, mask
 
 
 def stop_token_ids(tokenizer, template: str) -> list[int]:
@@ -221,11 +245,10 @@ def _check_row(tokenizer, i: int, msgs: list[dict], train_template: str, serve_t
         raise TemplateMismatch(f"row {i}: the serving prompt is not a prefix of the training text:\n"
                                f"prompt: {prompt!r}\ntrain:  {full_t!r}")
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    f_ids = tokenizer(full_t, add_special_tokens=False)["input_ids"]
-    if f_ids[: len(p_ids)] != p_ids:
-        raise TemplateMismatch(f"row {i}: the serving prompt tokenizes differently from the same text in training")
     ids, mask = tokenize_with_mask(tokenizer, msgs, train_template)
-    if ids[: len(p_ids)] != p_ids or not any(mask[len(p_ids):]):
+    if ids[: len(p_ids)] != p_ids:
+        raise TemplateMismatch(f"row {i}: the serving prompt tokenizes differently from the same text in training")
+    if not any(mask[len(p_ids):]):
         raise TemplateMismatch(f"row {i}: the last assistant turn has no token marked for training after its "
                                f"serving prompt")
 

@@ -234,3 +234,23 @@ def test_hub_id_resolves_offline_from_the_cache_and_fails_clearly_when_empty(mod
     assert rc != 0 and "Traceback" not in err
     assert f"model {spec.hub_id!r} is not in the Hugging Face cache" in err and "hf download" in err
     assert str(tmp_path / "empty-cache") in err
+
+
+def test_synth_local_backend_takes_a_hub_id_and_the_models_template(models, tmp_path, monkeypatch):
+    """synth's local backend resolves the same names as training and renders with the model's own template
+    (Gemma 2 has no system role: the system text is merged into the first user turn, not refused)."""
+    from huggingface_hub import constants
+
+    from synth.backends import LocalBackend
+
+    spec = FAMILIES["gemma2"]
+    cache = tmp_path / "hf-cache"
+    populate_hf_cache(models["gemma2"], spec.hub_id, cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    be = LocalBackend(model=spec.hub_id, max_batch=2, onednn=False)
+    text = be.tok.decode(be.prompt_ids(_conv(True, 1)[:-1]))
+    assert f"<start_of_turn>user\n{SYSTEM}\n\n{TURNS[0][0]}<end_of_turn>" in text
+    assert text.endswith("<start_of_turn>model\n")
+    out = be.complete(_conv(False, 1)[:-1], {"max_tokens": 3, "temperature": 0.0})
+    assert isinstance(out, str)

@@ -117,7 +117,7 @@ class Source:
 class Example:
     """One chat training example.
 
-    ``status`` is derived from review events by :func:`curate.review.derive_status`
+    ``status`` is derived from review events by :func:`curate.status.derive_status`
     and is only carried here as a read-only convenience when loaded from the store.
     """
 

@@ -51,6 +51,12 @@ class TrainConfig:
                               "fused by Inductor instead of Liger's kernels). auto: on for CUDA runs of >= "
                               "1000 steps (COMPILE_MIN_STEPS: compiling costs a one-off ~1 min on an H200, paid back "
                               "from ~700 steps) | on | off")
+    eval_steps: int = _f(25, "log the loss on held-out examples every N steps and at the end (logged only: no "
+                             "training decision reads it; 0: never)")
+    eval_examples: int = _f(32, "held-out examples the eval loss is computed on")
+    report_to: str = _f("none", "experiment trackers, comma list: none | tensorboard | mlflow | wandb (offline "
+                                "file stores in the run folder unless MLFLOW_TRACKING_URI / WANDB_MODE say "
+                                "otherwise); metrics.jsonl is always written")
     save_steps: int = _f(25, "checkpoint every N steps (for --resume)")
     logging_steps: int = _f(5, "log loss every N steps")
     output_dir: str = _f("", "run folder (default runs/<snapshot>-<timestamp>)")
@@ -74,6 +80,14 @@ class TrainConfig:
             errs.append(f"engine must be fast|trl (got {self.engine!r})")
         if self.compile not in ("auto", "on", "off"):
             errs.append(f"compile must be auto|on|off (got {self.compile!r})")
+        try:
+            from .tracking import parse_report_to
+
+            parse_report_to(self.report_to)
+        except ValueError as e:
+            errs.append(str(e))
+        if self.eval_steps < 0 or self.eval_examples < 0:
+            errs.append("eval_steps and eval_examples must be >= 0")
         if self.lora_layers < 0:
             errs.append("lora_layers must be >= 0")
         if self.gpu_memory_gib < 0:

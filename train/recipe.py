@@ -143,16 +143,15 @@ def _plot_loss(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, losses = [], []
-    for line in metrics_path.read_text().splitlines():
-        m = json.loads(line)
-        if "loss" in m and "step" in m:
-            steps.append(m["step"])
-            losses.append(m["loss"])
+    recs = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    train = [(m["step"], m["loss"]) for m in recs if "loss" in m and "step" in m]
+    held = [(m["step"], m["eval_loss"]) for m in recs if "eval_loss" in m]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, marker="o", ms=3)
+    ax.plot(*zip(*train), marker="o", ms=3, label="train") if train else None
+    ax.plot(*zip(*held), marker="s", ms=4, label="held-out (eval_loss)") if held else None
+    ax.legend()
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss (assistant tokens)")
+    ax.set_ylabel("loss (assistant tokens)")
     ax.set_title(out.parent.name)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -391,6 +390,35 @@ def _model_record(resolved, model, quant: str) -> dict:
                            attn_implementation=getattr(base.config, "_attn_implementation", None))
 
 
+def _trackers(cfg: TrainConfig, run_dir: Path, rank: int, resumed: bool, snapshot: str):
+    from .tracking import Trackers, check_installed, parse_report_to
+
+    names = parse_report_to(cfg.report_to)
+    if not names or rank:
+        return None
+    try:
+        check_installed(names)
+    except RuntimeError as e:
+        raise TrainError(str(e)) from None
+    return Trackers(names, run_dir, {"snapshot": snapshot, **cfg.to_dict()}, resumed=resumed)
+
+
+def _metrics_logger(cfg: TrainConfig, tok, train_tpl: str, snap_dir: Path, model, run_dir: Path, rank: int,
+                    trackers, cuda: bool, n_examples: int, world: int):
+    """log_metrics for both engines; the eval loss on the first ``eval_examples`` held-out rows (by id)."""
+    from .data import tokenize_rows
+    from .engine import planned_steps
+    from .tracking import eval_loss_fn, metrics_logger
+
+    eval_fn = None
+    if cfg.eval_steps and cfg.eval_examples and rank == 0:
+        held = sorted(snap.load(snap_dir, split="heldout"), key=lambda r: r["id"])[: cfg.eval_examples]
+        ex = tokenize_rows(tok, held, train_tpl, cfg.max_length).examples if held else []
+        eval_fn = eval_loss_fn(model, ex, "cuda" if cuda else "cpu") if ex else None
+    return metrics_logger(run_dir, rank, trackers, eval_fn, cfg.eval_steps,
+                          lambda: planned_steps(cfg, n_examples, world))
+
+
 def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume: Path | None = None) -> Path:
     t0 = time.time()
     import torch
@@ -424,13 +452,9 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     model_rec = _model_record(resolved, model, quant)
     peft_cfg = lora_config(cfg, model)
     metrics_path = run_dir / "metrics.jsonl"
-
-    def log_metrics(rec: dict) -> None:
-        if rank:
-            return
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps({"time": time.time(), **rec}) + "\n")
-
+    trackers = _trackers(cfg, run_dir, rank, resume is not None, snapshot)
+    log_metrics = _metrics_logger(cfg, tok, train_tpl, snap_dir, model, run_dir, rank, trackers, cuda,
+                                  len(ts.examples), world)
     engine = choose_engine(cfg, model, world)
     if engine == "fast":
         summary, pm = _train_fast(cfg, model, tok, ts, peft_cfg, run_dir, resume, cuda, quant, log_metrics, rank, world)
@@ -439,6 +463,8 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
     else:
         summary = _train_trl(cfg, model, tok, build_dataset(ts, held_ids), peft_cfg, run_dir, resume, cuda, log_metrics)
     summary["data"] = ts.summary()
+    if trackers is not None:
+        trackers.close()
     if rank:
         _barrier()
         return run_dir
@@ -465,5 +491,8 @@ def train(snapshot: str, cfg: TrainConfig, workspace: str | None = None, resume:
         "adapter": "adapter",
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from .card import write_card
+
+    write_card(run_dir)
     _barrier()
     return run_dir

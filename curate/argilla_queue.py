@@ -308,7 +308,9 @@ def build_settings(client, min_submitted: int = 1):
     """
     import argilla as rg
 
-    rg.Argilla._set_default(client)
+    from .compat import argilla_set_default
+
+    argilla_set_default(client)
 
     return rg.Settings(
         guidelines=(

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 
+from curate.compat import onednn_linear, onednn_linear_available, onednn_pack
+
 
 def _buf_layer_class():
     from transformers.cache_utils import DynamicLayer
@@ -81,11 +83,11 @@ class OneDNNLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = lin.in_features, lin.out_features
         with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), batch_hint)
+            self.packed = onednn_pack(lin.weight.detach(), batch_hint)
         self.bias = None if lin.bias is None else lin.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return onednn_linear(x, self.packed, self.bias)
 
 
 def onednn_linears(lm: torch.nn.Module) -> int:
@@ -94,8 +96,7 @@ def onednn_linears(lm: torch.nn.Module) -> int:
     not on the CPU in fp32 or this torch has no oneDNN linear.  A tied output layer keeps the embedding
     weight (the embedding lookup still uses it) and gets a packed copy (+113 MB for SmolLM2)."""
     p = next(lm.parameters(), None)
-    if (p is None or p.device.type != "cpu" or p.dtype != torch.float32 or not torch.backends.mkldnn.is_available()
-            or not hasattr(torch.ops.mkldnn, "_linear_pointwise") or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+    if p is None or p.device.type != "cpu" or p.dtype != torch.float32 or not onednn_linear_available():
         return 0
     n = 0
     for name, mod in list(lm.named_modules()):

@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 
+from curate.compat import causal_mask, uncompile
+
 from .kernels import (fusable_lora_modules, fused_lora, liger_available, linear_cross_entropy, target_index,
                       varlen_attention)
 from .packing import IGNORE, collate_flat, collate_rows, pack_examples
@@ -95,30 +97,6 @@ def logit_softcap(config) -> float | None:
     return getattr(config, "final_logit_softcapping", None) or None
 
 
-@functools.lru_cache(maxsize=4)
-def _mask_params(fn) -> frozenset:
-    import inspect
-
-    return frozenset(inspect.signature(fn).parameters)
-
-
-def _mask(kind: str, config, hidden: torch.Tensor, pos: torch.Tensor):
-    """transformers' causal (or sliding-window) mask for packed position ids, across the 4.5x and 5.x signatures."""
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-    fn = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-    params = _mask_params(fn)
-    kw = {"config": config, "attention_mask": None, "position_ids": pos}
-    kw["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
-    if "cache" in params:
-        kw["cache"] = None
-    if "past_key_values" in params:
-        kw["past_key_values"] = None
-    if "cache_position" in params:
-        kw["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
-    return fn(**kw)
-
-
 def _position_embeddings(body, hidden: torch.Tensor, pos: torch.Tensor, kinds: set[str]) -> dict:
     """(cos, sin) per layer type: Gemma 3 has one rotary base per type, the others one for all."""
     import inspect
@@ -148,7 +126,7 @@ def run_layers(body, hidden: torch.Tensor, pos: torch.Tensor, lo: int, hi: int, 
     requires grad so the first layer shares the others' graph."""
     types = layer_types(body.config)
     kinds = set(types[lo:hi])
-    masks = dict.fromkeys(kinds) if varlen is not None else {t: _mask(t, body.config, hidden, pos) for t in kinds}
+    masks = dict.fromkeys(kinds) if varlen is not None else {t: causal_mask(t, body.config, hidden, pos) for t in kinds}
     kw = {} if varlen is None else {"wb_cu_seqlens": varlen[0], "wb_max_seqlen": varlen[1]}
     pes = _position_embeddings(body, hidden, pos, kinds)
     if dynamic:
@@ -611,7 +589,7 @@ def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: s
                           f"layers eagerly (plain torch, no Liger kernels); set compile: off to skip compiling",
                           file=sys.stderr)
                 for layer in body.layers[k:]:
-                    layer._compiled_call_impl = None
+                    uncompile(layer)
                 compiled = False
                 attn["backend"] = tuning.get("attn", "auto")
                 micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,

@@ -47,9 +47,9 @@ def apply_liger(model, *, rms_norm: bool = True, rope: bool = True, swiglu: bool
         return {"liger": False, "applied": [], "reason": "no CUDA (Liger kernels are Triton/CUDA only)"}
     if importlib.util.find_spec("liger_kernel") is None:
         return {"liger": False, "applied": [], "reason": "liger-kernel not installed (pip install '.[gpu]')"}
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from curate.compat import liger_patch
 
-    _apply_liger_kernel_to_instance(model=model, rms_norm=rms_norm, rope=rope, swiglu=swiglu,
+    liger_patch(model, rms_norm=rms_norm, rope=rope, swiglu=swiglu,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
     applied = [k for k, v in (("rms_norm", rms_norm), ("rope", rope), ("swiglu", swiglu)) if v]
     return {"liger": True, "applied": applied, "reason": ""}
@@ -112,8 +112,9 @@ def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Te
                  scale: float | None) -> torch.Tensor:
     """Causal attention within each segment of ``cu`` for q/k/v [tokens, heads, dim] (k/v already expanded to
     q's heads): PyTorch's own FlashAttention-2 varlen kernel (CUDA, fp16/bf16), with its autograd formula."""
-    return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False,
-                                                   scale=scale)[0]
+    from curate.compat import flash_varlen_forward
+
+    return flash_varlen_forward(q, k, v, cu, max_len, scale)
 
 
 def reference_varlen(q, k, v, cu, max_len, scale):
@@ -162,8 +163,9 @@ class varlen_attention:
     never built, and no work is spent on the masked-out blocks across examples."""
 
     def __enter__(self):
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as F_
+        from curate.compat import attention_functions
 
+        F_ = attention_functions()
         self._f = F_
         self._had = "sdpa" in F_._local_mapping
         self._prev = F_._local_mapping.get("sdpa")

@@ -8,12 +8,17 @@
 * ``json_valid``: share of predictions that parse as JSON, reported only when
   the references are JSON.
 Each metric reports base, tuned, delta and a 95 % paired bootstrap interval of
-the delta (the same resampled examples for both models).
+the delta (the same resampled examples for both models). :func:`paired_scores`
+does the same for any two prediction lists (a baseline against the tuned model,
+run A against run B); :func:`sign_test` is the exact two-sided binomial test on
+the per-example wins and losses (ties dropped).
 """
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections import Counter
 import re
 from typing import Callable, Sequence
 
@@ -62,16 +67,20 @@ def is_json(s: str) -> bool:
 
 
 def macro_f1(preds: Sequence[str], refs: Sequence[str]) -> float:
-    labels = sorted(set(refs))
+    """Mean F1 over the labels that occur in ``refs`` (a prediction outside them only adds false negatives)."""
+    labels = set(refs)
     if not labels:
         return 0.0
-    f1s = []
-    for lab in labels:
-        tp = sum(p == lab and r == lab for p, r in zip(preds, refs))
-        fp = sum(p == lab and r != lab for p, r in zip(preds, refs))
-        fn = sum(p != lab and r == lab for p, r in zip(preds, refs))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(f1s) / len(f1s)
+    tp: Counter = Counter()
+    fp: Counter = Counter()
+    fn: Counter = Counter()
+    for p, r in zip(preds, refs):
+        if p == r:
+            tp[r] += 1
+        else:
+            fn[r] += 1
+            fp[p] += 1
+    return sum(2 * tp[lab] / (2 * tp[lab] + fp[lab] + fn[lab]) for lab in labels if tp[lab]) / len(labels)
 
 
 def per_example(kind: str, preds: Sequence[str], refs: Sequence[str]) -> list[float]:
@@ -104,28 +113,58 @@ def bootstrap_delta(base: Sequence, tuned: Sequence, stat: Callable[[list[int]],
     return (deltas[int(0.025 * n)], deltas[min(n - 1, int(0.975 * n))])
 
 
-def score(base_preds: Sequence[str], tuned_preds: Sequence[str], refs: Sequence[str],
-          closed_labels: bool, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+def metric_kinds(refs: Sequence[str], closed_labels: bool) -> list[str]:
+    """The per-example metrics that apply to these references (macro-F1, a corpus metric, comes on top)."""
     kinds = ["exact_match", "rouge_l"]
     if closed_labels:
         kinds = ["label_accuracy"] + kinds
     if refs and all(is_json(r) for r in refs):
         kinds.append("json_valid")
+    return kinds
+
+
+def paired_scores(a_preds: Sequence[str], b_preds: Sequence[str], refs: Sequence[str], closed_labels: bool,
+                  n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Every metric for two prediction lists on the same examples: ``{name: {"a", "b", "delta" (b - a),
+    "ci95" (paired bootstrap of the delta), "per_example" ([a values], [b values]) or None for macro-F1}}``."""
     out: dict[str, dict] = {}
-    for k in kinds:
-        b, t = per_example(k, base_preds, refs), per_example(k, tuned_preds, refs)
-        mb, mt = sum(b) / max(len(b), 1), sum(t) / max(len(t), 1)
-        lo, hi = bootstrap_delta(b, t, n=n_boot, seed=seed)
-        out[k] = {"base": mb, "tuned": mt, "delta": mt - mb, "ci95": [lo, hi]}
+    for k in metric_kinds(refs, closed_labels):
+        a, b = per_example(k, a_preds, refs), per_example(k, b_preds, refs)
+        ma, mb = sum(a) / max(len(a), 1), sum(b) / max(len(b), 1)
+        out[k] = {"a": ma, "b": mb, "delta": mb - ma, "ci95": list(bootstrap_delta(a, b, n=n_boot, seed=seed)),
+                  "per_example": (a, b)}
     if closed_labels:
-        bp = [first_line(p) for p in base_preds]
-        tp = [first_line(p) for p in tuned_preds]
+        ap = [first_line(p) for p in a_preds]
+        bp = [first_line(p) for p in b_preds]
         rr = [r.strip() for r in refs]
 
         def stat(idx: list[int]) -> float:
-            return macro_f1([tp[i] for i in idx], [rr[i] for i in idx]) - macro_f1([bp[i] for i in idx], [rr[i] for i in idx])
+            return macro_f1([bp[i] for i in idx], [rr[i] for i in idx]) - macro_f1([ap[i] for i in idx], [rr[i] for i in idx])
 
-        fb, ft = macro_f1(bp, rr), macro_f1(tp, rr)
-        lo, hi = bootstrap_delta(bp, tp, stat=stat, n=min(n_boot, 300), seed=seed)
-        out["macro_f1"] = {"base": fb, "tuned": ft, "delta": ft - fb, "ci95": [lo, hi]}
+        fa, fb = macro_f1(ap, rr), macro_f1(bp, rr)
+        lo, hi = bootstrap_delta(ap, bp, stat=stat, n=min(n_boot, 300), seed=seed)
+        out["macro_f1"] = {"a": fa, "b": fb, "delta": fb - fa, "ci95": [lo, hi], "per_example": None}
     return out
+
+
+def score(base_preds: Sequence[str], tuned_preds: Sequence[str], refs: Sequence[str],
+          closed_labels: bool, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``{metric: {"base", "tuned", "delta", "ci95"}}`` (the report's ``metrics``)."""
+    return {k: {"base": m["a"], "tuned": m["b"], "delta": m["delta"], "ci95": m["ci95"]}
+            for k, m in paired_scores(base_preds, tuned_preds, refs, closed_labels, n_boot, seed).items()}
+
+
+def binom_two_sided(k: int, n: int) -> float:
+    """Exact two-sided binomial p-value of ``k`` successes in ``n`` fair trials: ``2·P(X ≤ min(k, n-k))``, capped at 1."""
+    if n == 0:
+        return 1.0
+    m = min(k, n - k)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(m + 1)) / 2 ** n)
+
+
+def sign_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
+    """Paired sign test: examples where b scores higher (``b_wins``), lower (``a_wins``), equal (``ties``,
+    dropped), and the exact two-sided p-value of the wins among the non-tied examples."""
+    bw = sum(y > x for x, y in zip(a, b))
+    aw = sum(x > y for x, y in zip(a, b))
+    return {"b_wins": bw, "a_wins": aw, "ties": len(a) - bw - aw, "p": binom_two_sided(bw, bw + aw)}

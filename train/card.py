@@ -82,9 +82,14 @@ def _evaluation(run_dir: Path) -> list[str]:
     for k, m in rep.get("metrics", {}).items():
         ci = m.get("ci95") or [float("nan"), float("nan")]
         out.append(f"| {k} | {m['base']:.3f} | {m['tuned']:.3f} | {m['delta']:+.3f} | [{ci[0]:+.3f}, {ci[1]:+.3f}] |")
-    for name, b in (rep.get("baselines") or {}).items():
-        vals = ", ".join(f"{k} {v:.3f}" for k, v in (b.get("metrics") or b).items() if isinstance(v, (int, float)))
-        out.append(f"\nBaseline `{name}`: {vals}")
+    base = rep.get("baselines") or {}
+    if base:
+        out += ["", "What a user would otherwise pick, on the same items (tuned − baseline, 95% CI):", "",
+                "| baseline | metric | baseline | tuned − baseline | 95% CI |", "|---|---|---|---|---|"]
+        for name, b in base.items():
+            for k, m in (b.get("metrics") or {}).items():
+                ci = m.get("ci95") or [float("nan"), float("nan")]
+                out.append(f"| {name} | {k} | {m['value']:.3f} | {m['delta']:+.3f} | [{ci[0]:+.3f}, {ci[1]:+.3f}] |")
     return out + [""]
 
 

@@ -95,6 +95,21 @@ def _busy(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float | None:
     return round((b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1), 2)
 
 
+def machine(load0: list[float], stat0: tuple[int, int] | None) -> dict:
+    """The machine and how busy it was since ``load0`` / ``stat0`` (:func:`_cpu_ticks`) were taken."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "busy_cores_avg_during_runs": _busy(stat0, _cpu_ticks())}
+
+
+def emit(out: dict, path: str) -> None:
+    """Print the results and write them to ``path`` ('' = don't)."""
+    print(json.dumps(out, indent=2))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+
+
 def checkout(rev: str, tmp: Path) -> Path:
     """The ``curate`` package as of git revision ``rev``, extracted under ``tmp`` (for the baseline)."""
     dest = tmp / f"baseline-{rev.replace('/', '_')}"
@@ -194,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "bench": "ingest",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_start": load0, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "busy_cores_avg_during_runs": _busy(stat0, _cpu_ticks())},
+        "machine": machine(load0, stat0),
         "target_records_per_s": 20000,
         "batch_size": a.batch_size or "ingest default",
         "workers": a.workers if a.workers is not None else "ingest default",
@@ -207,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                              "baseline CPU-seconds / this checkout's CPU-seconds"} if a.baseline else None,
         "note": a.note,
     }
-    print(json.dumps(out, indent=2))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    emit(out, a.out)
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .example import SOURCE_KINDS
 from .store import open_store
 
 EPILOG = """examples:
@@ -20,6 +21,10 @@ EPILOG = """examples:
   python -m curate stats --json
   python -m curate review approve --origin human --split train --reviewer alice
   python -m curate snapshot create v1 && python -m curate snapshot verify v1
+  python -m curate ingest data/export.parquet hf://PolyAI/banking77:train   # datasets in
+  python -m curate snapshot export v1 --format openai-jsonl --out v1.jsonl   # and out
+
+Flags take either spelling: --batch-size or --batch_size.
 """
 
 
@@ -40,7 +45,7 @@ def add_filter_args(p: argparse.ArgumentParser, default_status: str | None = Non
                    help=f"record status (default: {default_status or 'any'})")
     g.add_argument("--split", choices=["train", "heldout"])
     g.add_argument("--origin", choices=["human", "synthetic"])
-    g.add_argument("--source-kind", dest="source_kind", choices=["ticket", "transcript", "chat-file", "synthetic", "edit"])
+    g.add_argument("--source-kind", dest="source_kind", choices=SOURCE_KINDS)
     g.add_argument("--label", help="records with this label")
     g.add_argument("--limit", type=int, help="at most this many records (oldest first)")
 
@@ -133,6 +138,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         elif args.snap_cmd == "diff":
             d = snap.diff(store, args.a, args.b)
             _out(args, d, "\n".join(f"{s}: +{v['added']} -{v['removed']} ={v['kept']}" for s, v in d["summary"].items()))
+        elif args.snap_cmd == "export":
+            r = snap.export(store, args.name, args.format, args.out, split=args.split, push_to_hub=args.push_to_hub,
+                            private=not args.public, messages_only=args.messages_only)
+            text = (f"snapshot {args.name} as {args.format}: " + ", ".join(f"{s} {n} rows" for s, n in r["rows"].items())
+                    + "".join(f"\n  → {f}" for f in r["files"]) + (f"\n  pushed: {r['pushed']}" if r["pushed"] else ""))
+            _out(args, r, text)
         elif args.snap_cmd == "verify":
             problems = snap.verify(store, args.name)
             _out(args, {"name": args.name, "ok": not problems, "problems": problems},
@@ -166,11 +177,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="VERB")
 
-    pi = sub.add_parser("ingest", parents=[common], help="raw files → pending records (+ rejects, doc chunks)",
-                        description=importlib.import_module(".ingest", __package__).__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pi.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (folders are walked recursively)")
-    pi.add_argument("--kind", choices=["tickets", "transcripts", "docs", "chat"], help="force the reader (default: auto-detect)")
+    ingest = importlib.import_module(".ingest", __package__)
+    pi = sub.add_parser("ingest", parents=[common], help="raw files and datasets → pending records (+ rejects, doc chunks)",
+                        description=ingest.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pi.add_argument("paths", nargs="+", metavar="PATH",
+                    help="files or folders (folders are walked recursively), saved datasets folders, hf://org/name[:split]")
+    pi.add_argument("--kind", choices=ingest.KINDS, help="force the reader (default: auto-detect)")
     pi.add_argument("--mapping", metavar="FILE",
                     help="TOML mapping for every file given: ticket [columns]/[thread], transcript [speakers] "
                          "(default: <stem>.mapping.toml or mapping.toml beside each file; see docs/curate.md)")
@@ -211,7 +223,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         if e.name != f"{__package__}.argilla_queue":
             raise
 
-    pn = sub.add_parser("snapshot", help="freeze approved records: create | list | show | diff | verify")
+    pn = sub.add_parser("snapshot", help="freeze approved records: create | list | show | diff | verify | export")
     nsub = pn.add_subparsers(dest="snap_cmd", required=True, metavar="ACTION")
     pc = nsub.add_parser("create", parents=[common], help="freeze the approved records that pass the gates")
     pc.add_argument("name")
@@ -224,6 +236,23 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     pd = nsub.add_parser("diff", parents=[common], help="records added/removed between two snapshots")
     pd.add_argument("a")
     pd.add_argument("b")
+    from .snapshot import EXPORT_FORMATS, EXPORT_SPLITS
+
+    pe = nsub.add_parser("export", parents=[common], help="write a snapshot as OpenAI JSONL, ShareGPT or a datasets folder "
+                         "(and push it to the Hugging Face Hub)",
+                         description="Write a verified snapshot for other tools. openai-jsonl / sharegpt: --out FILE.jsonl "
+                         "(one file, each line names its split) or --out DIR (DIR/<split>.jsonl); lines carry id, label "
+                         "and split besides the turns (--messages-only: the turns alone). hf-dataset: a "
+                         "datasets.save_to_disk folder (DatasetDict train + heldout for --split all). Re-ingesting an "
+                         "export gives the same record ids. --push-to-hub pushes the same datasets object (private "
+                         "unless --public); it needs HF_TOKEN (or `hf auth login`) and the network.")
+    pe.add_argument("name")
+    pe.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    pe.add_argument("--out", metavar="PATH", help="file or folder to write (required unless --push-to-hub); never overwritten")
+    pe.add_argument("--split", choices=EXPORT_SPLITS, default="all", help="which split(s) (default: all)")
+    pe.add_argument("--push-to-hub", metavar="ORG/NAME", help="also push to this Hugging Face dataset repo")
+    pe.add_argument("--public", action="store_true", help="create the hub repo public (default: private)")
+    pe.add_argument("--messages-only", action="store_true", help="JSONL lines with the turns only (no id/label/split)")
     pn.set_defaults(func=cmd_snapshot)
 
     for name in () if core else ("dedup", "leakage"):
@@ -241,8 +270,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .entry import flag_spellings
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    with flag_spellings():
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -7,6 +7,8 @@ sha256 of the manifest itself, so :func:`verify` fails on any changed byte.
 Both Parquet files load with ``polars.read_parquet`` and
 ``datasets.load_dataset("parquet", data_files=…)``; ``messages`` is a list of
 ``{role, content}`` structs, ``origin``/``signals``/``source`` are JSON strings.
+:func:`export` writes a snapshot as OpenAI JSONL, ShareGPT JSONL or a ``datasets`` folder (and pushes it
+to the Hugging Face Hub).
 """
 from __future__ import annotations
 
@@ -247,3 +249,116 @@ def diff(store: Store, a: str, b: str) -> dict[str, Any]:
         out[split] = {"added": sorted(ids[1] - ids[0]), "removed": sorted(ids[0] - ids[1]), "kept": len(ids[0] & ids[1])}
     out["summary"] = {s: {"added": len(out[s]["added"]), "removed": len(out[s]["removed"]), "kept": out[s]["kept"]} for s in ("train", "heldout")}
     return out
+
+
+# -- export ---------------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("openai-jsonl", "sharegpt", "hf-dataset")
+EXPORT_SPLITS = ("train", "heldout", "all")
+SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _export_line(row: dict[str, Any], fmt: str, split: str, messages_only: bool) -> dict[str, Any]:
+    """One JSONL object: OpenAI ``messages`` or ShareGPT ``conversations`` (+ id, label, split unless
+    ``messages_only``) — what :mod:`curate.ingest.chatfiles` reads back (same content, so the same ids)."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    if fmt == "sharegpt":
+        obj: dict[str, Any] = {"conversations": [{"from": SHAREGPT_FROM[m["role"]], "value": m["content"]} for m in msgs]}
+    else:
+        obj = {"messages": msgs}
+    if not messages_only:
+        obj["id"] = row["id"]
+        if row.get("label") is not None:
+            obj["label"] = row["label"]
+        obj["split"] = split
+    return obj
+
+
+def _hub_token() -> str | None:
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+    except ImportError:
+        return None
+    return get_token()
+
+
+def _hf_dataset(tables: dict[str, Any]) -> Any:
+    import datasets
+
+    built = {s: datasets.Dataset(t, split=s) for s, t in tables.items()}
+    return datasets.DatasetDict(built) if len(built) > 1 else next(iter(built.values()))
+
+
+def export(store: Store, name: str, fmt: str, out: Path | str | None, *, split: str = "all",
+           push_to_hub: str | None = None, private: bool = True, messages_only: bool = False) -> dict[str, Any]:
+    """Write snapshot ``name`` (verified first) in another format; returns what was written.
+
+    * ``openai-jsonl`` / ``sharegpt``: JSONL. ``out`` ending in ``.jsonl`` is one file (the chosen
+      split(s), each line names its ``split``); otherwise a folder of ``<split>.jsonl``.
+    * ``hf-dataset``: ``datasets`` ``save_to_disk`` folder (a ``DatasetDict`` of train + heldout for
+      ``split="all"``, else one ``Dataset``); the snapshot's columns as they are.
+
+    ``push_to_hub="org/name"`` also pushes the same ``datasets`` object with ``push_to_hub`` (private unless
+    ``private=False``): needs a token (``HF_TOKEN`` or a saved ``hf auth login``) and the network.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise SnapshotError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
+    if split not in EXPORT_SPLITS:
+        raise SnapshotError(f"unknown split {split!r}; expected one of {EXPORT_SPLITS}")
+    if out is None and not push_to_hub:
+        raise SnapshotError("nothing to do: give --out PATH and/or --push-to-hub org/name")
+    token = None
+    if push_to_hub:
+        if not HUB_REPO_RE.match(push_to_hub):
+            raise SnapshotError(f"--push-to-hub wants org/name, got {push_to_hub!r}")
+        token = _hub_token()
+        if not token:
+            raise SnapshotError(f"pushing to {push_to_hub} needs a Hugging Face token with write access: set HF_TOKEN "
+                                "(https://huggingface.co/settings/tokens) or run `hf auth login`; nothing was written")
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise SnapshotError(f"pushing to {push_to_hub} needs the network, but HF_HUB_OFFLINE is set; nothing was written")
+    out = Path(out) if out is not None else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SnapshotError(f"{out} already exists; exports do not overwrite — pick a new --out")
+    d = snapshots_dir(store) / name
+    if not d.exists():
+        raise SnapshotError(f"no snapshot named {name!r} in {snapshots_dir(store)} (have: {[s['name'] for s in list_snapshots(store)]})")
+    problems = verify(store, name)
+    if problems:
+        raise SnapshotError(f"snapshot {name} failed verification: " + "; ".join(problems))
+    splits = ("train", "heldout") if split == "all" else (split,)
+    import pyarrow.parquet as pq
+
+    tables = {s: pq.read_table(d / f"{s}.parquet") for s in splits}
+    result: dict[str, Any] = {"name": name, "format": fmt, "split": split,
+                              "rows": {s: t.num_rows for s, t in tables.items()}, "files": [], "pushed": None}
+    ds = None
+    if out is not None:
+        if fmt == "hf-dataset":
+            ds = _hf_dataset(tables)
+            ds.save_to_disk(str(out))
+            result["files"] = [str(out)]
+        else:
+            targets = [(out, splits)] if out.suffix.lower() == ".jsonl" else [(out / f"{s}.jsonl", (s,)) for s in splits]
+            for path, ss in targets:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for s in ss:
+                        for row in tables[s].to_pylist():
+                            f.write(json.dumps(_export_line(row, fmt, s, messages_only), ensure_ascii=False) + "\n")
+                os.replace(tmp, path)
+                result["files"].append(str(path))
+    if push_to_hub:
+        ds = ds if ds is not None else _hf_dataset(tables)
+        try:
+            ds.push_to_hub(push_to_hub, token=token, private=private,
+                           commit_message=f"workbench snapshot {name} ({split})")
+        except Exception as e:  # network, permissions, a missing org: one message, no traceback
+            why = (str(e).strip().splitlines() or [""])[0][:300]
+            raise SnapshotError(f"push to {push_to_hub} failed: {type(e).__name__}: {why}") from None
+        result["pushed"] = f"https://huggingface.co/datasets/{push_to_hub}"
+    return result

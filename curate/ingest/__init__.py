@@ -25,10 +25,20 @@ Auto-detection by extension and a peek at the content:
 ``.vtt .srt``           transcripts
 ``.txt``                transcripts if ≥ 2 lines look like ``Speaker: …``, else docs
 ``.md .markdown .html`` docs
+``.parquet .arrow``     dataset (:mod:`curate.ingest.tables`): rows with
+``.feather``            ``messages`` / ``conversations`` /
+                        ``instruction`` / ``prompt``+``completion`` are
+                        chat items, others ticket rows (``text`` +
+                        ``label`` …)
+a saved ``datasets``    dataset (``dataset_info.json`` + ``state.json``,
+folder                  or ``dataset_dict.json``): ``load_from_disk``
+``hf://org/name[:split]`` dataset: ``datasets.load_dataset`` (network or
+                        the HF cache)
 =====================  ===============================================
 
 Skipped when walking a folder: ``README*``, ``LICENSE*``, ``*.toml``, hidden
-files, and the workspace folder itself. A ``mapping.toml`` (or
+files, and the workspace folder itself; a saved ``datasets`` folder inside it is
+read as one dataset (not file by file). A ``mapping.toml`` (or
 ``<stem>.mapping.toml``) beside a file is used as its mapping unless
 ``--mapping`` is given.
 """
@@ -48,8 +58,9 @@ from typing import Any, Iterable, Iterator
 from ..example import Example
 from ..store import Store, prepare_row
 from .common import Chunk, ReadOptions, Reject
+from .tables import HUB_PREFIX, SUFFIXES as TABLE_SUFFIXES, HubRef, is_saved_dataset
 
-KINDS = ("tickets", "transcripts", "docs", "chat")
+KINDS = ("tickets", "transcripts", "docs", "chat", "dataset")  # the readers (--kind); see _reader
 SKIP_PREFIXES = ("readme", "license", "licence", "notice")
 SPEAKER_LINE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?[A-Za-z][\w .'-]{0,30}:\s+\S")
 
@@ -120,7 +131,11 @@ def _is_knowledge_json(path: Path, max_bytes: int = 50_000_000) -> bool:
 
 
 def detect_kind(path: Path) -> str | None:
+    if isinstance(path, HubRef):
+        return "dataset"
     s = path.suffix.lower()
+    if s in TABLE_SUFFIXES or is_saved_dataset(path):
+        return "dataset"
     if s in (".csv", ".tsv"):
         return "tickets"
     if s in (".vtt", ".srt"):
@@ -147,23 +162,36 @@ def detect_kind(path: Path) -> str | None:
 
 
 def _reader(kind: str):
-    from . import chatfiles, docs, tickets, transcripts
+    from . import chatfiles, docs, tables, tickets, transcripts
 
-    return {"tickets": tickets.read, "transcripts": transcripts.read, "docs": docs.read, "chat": chatfiles.read}[kind]
+    return {"tickets": tickets.read, "transcripts": transcripts.read, "docs": docs.read, "chat": chatfiles.read,
+            "dataset": tables.read}[kind]
 
 
 def walk(paths: Iterable[str | Path], workspace: Path | None = None) -> Iterator[Path]:
+    """The files to read (and saved ``datasets`` folders, read whole; ``hf://…`` inputs as :class:`HubRef`)."""
     ws = workspace.resolve() if workspace else None
     for p in paths:
+        if isinstance(p, str) and p.startswith(HUB_PREFIX):
+            yield HubRef(p)
+            continue
         p = Path(p)
-        if p.is_dir():
+        if p.is_dir() and not is_saved_dataset(p):
+            datasets: list[Path] = []
             for q in sorted(p.rglob("*")):
-                if not q.is_file():
-                    continue
+                if datasets and any(d in q.parents for d in datasets):
+                    continue  # inside a saved dataset folder: read as a whole
                 rel = q.relative_to(p)
                 if any(part.startswith(".") for part in rel.parts):
                     continue
-                if ws and ws in q.resolve().parents:
+                if ws and (ws == q.resolve() or ws in q.resolve().parents):
+                    continue
+                if q.is_dir():
+                    if is_saved_dataset(q):
+                        datasets.append(q)
+                        yield q
+                    continue
+                if not q.is_file():
                     continue
                 if q.name.lower().startswith(SKIP_PREFIXES) or q.suffix.lower() == ".toml":
                     continue
@@ -173,8 +201,8 @@ def walk(paths: Iterable[str | Path], workspace: Path | None = None) -> Iterator
 
 
 def _mapping_for(path: Path, explicit: dict[str, Any] | None) -> dict[str, Any]:
-    if explicit:
-        return explicit
+    if explicit or isinstance(path, HubRef):
+        return explicit or {}
     for cand in (path.with_name(path.stem + ".mapping.toml"), path.with_name("mapping.toml")):
         if cand.exists():
             return load_mapping(cand)
@@ -243,20 +271,32 @@ def _events(files: list[Path], kind: str | None, mapping: dict[str, Any] | None,
     are already :func:`~curate.store.prepare_row` rows. The same in one process or in a reader process.
     In a reader process (``writer_builds`` given), a batch of a row-per-example ticket file may come as
     ``("raw", i, chunk)`` instead: the writer builds it (:func:`~curate.ingest.tickets.read_shared`)."""
-    from . import tickets
+    from . import tables, tickets
 
     for i, path in enumerate(files):
         k = kind or detect_kind(path)
         yield ("file", i, k or "unknown")
         if k is None:
-            items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {path.suffix!r} files; pass --kind")]
+            what = "folder" if path.is_dir() else f"{path.suffix!r} files"
+            items: Iterable[Any] = [Reject(str(path), "file", f"cannot detect the kind of {what}; pass --kind")]
+        elif k != "dataset" and (isinstance(path, HubRef) or path.is_dir()):
+            items = [Reject(str(path), "file", f"a dataset is read by the dataset reader, not {k!r}: leave --kind out "
+                                               "or pass --kind dataset")]
         else:
             o = ReadOptions(**{**(opts.__dict__ if opts else {}), "mapping": _mapping_for(path, mapping)})
+            if k == "dataset":  # row-per-example ticket tables: in batches, as CSV rows (fast path, work sharing)
+                how, it = tables.plan(path, o)
+                if how == "ticket-rows":
+                    for what, x in tickets.read_shared(path, o, batch_size, writer_builds or _never, str(path), rows=it):
+                        yield ("raw", i, x) if what == "raw" else ("batch", i, *x)
+                    continue
             if (writer_builds is not None or workers <= 1) and k == "tickets" and tickets.can_read_parallel(path, o):
                 for what, x in tickets.read_shared(path, o, batch_size, writer_builds or _never):
                     yield ("raw", i, x) if what == "raw" else ("batch", i, *x)
                 continue
-            if workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
+            if k == "dataset":
+                items = it
+            elif workers > 1 and k == "tickets" and tickets.can_read_parallel(path, o):
                 if not pool_box:
                     import multiprocessing as mp
 
@@ -445,6 +485,15 @@ def _piped_events(args: tuple) -> Iterator[tuple]:
 DEFER_INDEXES_MIN_BYTES = 16_000_000
 
 
+def _input_bytes(path: Path) -> int:
+    """Bytes of an input: a file, a saved dataset folder (its files), a hub dataset (0: unknown before loading)."""
+    if isinstance(path, HubRef):
+        return 0
+    if path.is_dir():
+        return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+    return path.stat().st_size
+
+
 def ingest_paths(
     store: Store,
     paths: Iterable[str | Path],
@@ -482,11 +531,11 @@ def ingest_paths(
     rejects_path = store.workspace / "rejects" / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     rej_f = None
     files = list(walk(paths, store.workspace))
-    missing = [str(p) for p in files if not p.exists()]
+    missing = [str(p) for p in files if not isinstance(p, HubRef) and not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     if defer_indexes is None:
-        size = sum(p.stat().st_size for p in files)
+        size = sum(_input_bytes(p) for p in files)
         try:
             store_size = store.path.stat().st_size
         except OSError:

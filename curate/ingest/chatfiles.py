@@ -14,6 +14,9 @@ object holding one; ``loc`` = ``item N``):
 * **Alpaca** — ``{"instruction", "input", "output"}``: user =
   instruction (+ blank line + input when non-empty), assistant = output;
   an optional ``system`` string becomes the system turn.
+* **Prompt/completion** (TRL's format) — ``{"prompt", "completion"}``: two
+  strings (user, assistant; an optional ``system`` string first), or two lists
+  of chat turns (``prompt`` + ``completion`` read as OpenAI messages).
 
 An optional ``label`` (string) is kept as the record's label; ``id`` goes to
 ``source.ref``. The conversation is validated as is (no trimming): an item
@@ -22,7 +25,7 @@ that breaks a message rule is a reject naming the rule and the turn.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..example import Source
 from .common import err_field, ReadOptions, Reject, iter_json_items, make_example
@@ -33,7 +36,7 @@ SHAREGPT_ROLES = {
     "model": "assistant",
     "system": "system",
 }
-ITEM_KEYS = ("messages", "conversations", "instruction")
+ITEM_KEYS = ("messages", "conversations", "instruction")  # any of these makes an item (and a .jsonl file) chat
 
 
 def _openai(obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str | None, str | None]:
@@ -93,33 +96,60 @@ def _alpaca(obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str | Non
     return out, "output", None
 
 
+def _prompt_completion(obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str | None, str | None]:
+    prompt, completion = obj["prompt"], obj["completion"]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return _openai({"messages": prompt + completion})
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        return None, "prompt", ("prompt and completion must both be strings or both lists of chat turns, got "
+                                f"{type(prompt).__name__} and {type(completion).__name__}")
+    out = []
+    if isinstance(obj.get("system"), str) and obj["system"].strip():
+        out.append({"role": "system", "content": obj["system"]})
+    return out + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], "completion", None
+
+
+FORMATS = (("messages", "openai", _openai), ("conversations", "sharegpt", _sharegpt),
+           ("instruction", "alpaca", _alpaca), ("completion", "prompt-completion", _prompt_completion))
+
+
+def is_chat_item(keys: Any) -> bool:
+    """Whether an item (or a table) with these keys/columns is one of the chat formats above."""
+    keys = set(keys)
+    return bool(keys & set(ITEM_KEYS)) or {"prompt", "completion"} <= keys
+
+
+def item_example(obj: dict[str, Any], file: str, loc: str, opts: ReadOptions) -> Any:
+    """One chat item (any format above) → an Example, or a Reject naming the format and the field."""
+    hit = next(((fmt, conv) for key, fmt, conv in FORMATS if key in obj and (key != "completion" or "prompt" in obj)),
+               None)
+    if hit is None:
+        return Reject(file, loc, f"unknown chat format: expected one of {list(ITEM_KEYS)} keys or prompt/completion, "
+                                 f"got {sorted(obj)[:8]}")
+    fmt, conv = hit
+    msgs, fld, why = conv(obj)
+    if why:
+        return Reject(file, loc, f"{fmt}: {why}", fld)
+    label = obj.get("label") if isinstance(obj.get("label"), str) and obj["label"].strip() else None
+    ref = str(obj["id"]) if obj.get("id") not in (None, "") else ""
+    out = make_example(msgs, Source("chat-file", file, loc, ref), opts, label=label, field_name=fld,
+                       signals={"format": fmt})
+    if isinstance(out, Reject):
+        out.reason = f"{fmt}: {out.reason}"
+    return out
+
+
+def read_items(items: Iterable[tuple[str, Any, str | None]], file: str, opts: ReadOptions) -> Iterator[Any]:
+    """Examples and rejects of ``(loc, object, error)`` items (:func:`~curate.ingest.common.iter_json_items`,
+    or the rows of a table: :mod:`curate.ingest.tables`)."""
+    for loc, obj, err in items:
+        yield Reject(file, loc, err, err_field(err)) if err else item_example(obj, file, loc, opts)
+
+
 def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[Any]:
     file = display or str(path)
     s = path.suffix.lower()
     if s not in (".jsonl", ".ndjson", ".json"):
         yield Reject(file, "file", f"unsupported chat file format {s!r} (use .jsonl or .json)")
         return
-    for loc, obj, err in iter_json_items(path, ITEM_KEYS):
-        if err:
-            yield Reject(file, loc, err, err_field(err))
-            continue
-        if "messages" in obj:
-            fmt, conv = "openai", _openai
-        elif "conversations" in obj:
-            fmt, conv = "sharegpt", _sharegpt
-        elif "instruction" in obj:
-            fmt, conv = "alpaca", _alpaca
-        else:
-            yield Reject(file, loc, f"unknown chat format: expected one of {list(ITEM_KEYS)} keys, got {sorted(obj)[:8]}")
-            continue
-        msgs, fld, why = conv(obj)
-        if why:
-            yield Reject(file, loc, f"{fmt}: {why}", fld)
-            continue
-        label = obj.get("label") if isinstance(obj.get("label"), str) and obj["label"].strip() else None
-        ref = str(obj["id"]) if obj.get("id") not in (None, "") else ""
-        out = make_example(msgs, Source("chat-file", file, loc, ref), opts, label=label, field_name=fld,
-                           signals={"format": fmt})
-        if isinstance(out, Reject):
-            out.reason = f"{fmt}: {out.reason}"
-        yield out
+    yield from read_items(iter_json_items(path, ITEM_KEYS), file, opts)

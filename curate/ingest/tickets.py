@@ -237,12 +237,15 @@ def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | No
         yield "file", None, f"unsupported ticket format {suffix!r} (use .csv, .tsv, .jsonl or .json)"
 
 
-def read(path: Path, opts: ReadOptions, display: str | None = None) -> Iterator[Any]:
+def read(path: Path, opts: ReadOptions, display: str | None = None, rows: Iterator[tuple] | None = None
+         ) -> Iterator[Any]:
+    """Examples and rejects of a ticket file; ``rows`` (``(loc, row, error)``, as :func:`iter_rows` yields
+    them) instead of the file's own rows: a table another reader opened (:mod:`curate.ingest.tables`)."""
     file = display or str(path)
     mapping = opts.mapping
     m: dict[str, Any] | None = None
     thread_buf: list[tuple[str, dict]] = []
-    for loc, row, err in iter_rows(path):
+    for loc, row, err in (iter_rows(path) if rows is None else rows):
         if err:
             yield Reject(file, loc, err, err_field(err))
             continue
@@ -439,18 +442,18 @@ def read_parallel(path: Path, opts: ReadOptions, pool: Any, chunk: int = 2000, d
         yield from pending.popleft().get()
 
 
-def read_shared(path: Path, opts: ReadOptions, batch: int, writer_builds: Any, display: str | None = None
-                ) -> Iterator[tuple[str, Any]]:
+def read_shared(path: Path, opts: ReadOptions, batch: int, writer_builds: Any, display: str | None = None,
+                rows: Iterator[tuple] | None = None) -> Iterator[tuple[str, Any]]:
     """:func:`read` in batches of ``batch`` rows, for row-per-example files (see :func:`can_read_parallel`):
     yields ``("built", (rows, rejects, chunks, n))`` (:func:`build_batch`, built here) or, when an ingest
     reader process may hand a batch to the writer process and ``writer_builds()`` says so, ``("raw", chunk)``
     where ``build_batch(chunk)`` builds the same (in the writer). Same items and order as :func:`read`
-    (one item per CSV/JSONL row)."""
+    (one item per CSV/JSONL row). ``rows``: as in :func:`read`."""
     file = display or str(path)
     mapping = opts.mapping
     m: dict[str, Any] | None = None
     buf: list[tuple] = []
-    for t in iter_rows(path):
+    for t in (iter_rows(path) if rows is None else rows):
         loc, row, err = t
         if m is None and not err:
             try:

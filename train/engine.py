@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -404,300 +405,408 @@ def _save_checkpoint(pm, opt, sched, step: int, extra: dict, ck_dir: Path, keep:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
+@dataclass
+class Tuning:
+    """Benchmark-only knobs (``bench/train_speed.py``'s ablations); not user settings, never in TrainConfig.
 
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    ``packing`` False: one example per row. ``liger_loss`` False: chunked torch loss head. ``micro_rows`` /
+    ``checkpointed_layers``: fixed instead of timed (``checkpointed_layers`` may be ``"all"``). ``attn``: the
+    attention kernel, fixed. ``flat_multiple``: varlen's one-sequence micro-batch padded to a multiple of this
+    many tokens (:func:`train.packing.collate_flat`). ``compile``: overrides the compile decision.
+    ``fused_lora``: PEFT's LoRA layers as one autograd node each (:func:`train.kernels.lora_linear`), an
+    ablation that lost to the compiled layers (docs/gpu.md)."""
+
+    packing: bool = True
+    liger_loss: bool = True
+    micro_rows: int | None = None
+    checkpointed_layers: int | str = 0
+    attn: str | None = None
+    flat_multiple: int = 64
+    compile: bool | None = None
+    fused_lora: bool = False
+
+    @classmethod
+    def of(cls, tuning: "Tuning | dict | None") -> "Tuning":
+        if isinstance(tuning, cls):
+            return tuning
+        unknown = set(tuning or {}) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown tuning option(s) {sorted(unknown)}")
+        return cls(**(tuning or {}))
+
+    def overrides(self) -> dict:
+        """The fields that differ from the defaults (what the manifest records)."""
+        return {k: v for k, v in asdict(self).items() if v != getattr(Tuning(), k)}
 
 
-def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
-                 resume_ckpt: Path | None, log_metrics: Callable[[dict], None], rank: int = 0,
-                 world: int = 1, tuning: dict | None = None) -> dict[str, Any]:
-    """Train the PEFT model ``pm`` in place on ``examples``; returns the run summary for the manifest.
+class Engine:
+    """The fast engine's run, in named phases: :meth:`__init__` (model parts, prefix cache, optimizer, compile),
+    :meth:`resume`, :meth:`plan` (micro-batch, checkpointing and attention timed on CUDA), :meth:`train_step`
+    (forward+backward of a step's micro-batches, degrading on out-of-memory), :meth:`reduce` (several
+    processes), :meth:`log` / :meth:`checkpoint`, and :meth:`run` which strings them together.
 
     Several processes (``world`` > 1, a joined process group): ``batch_size`` is per process, so a step's
     global batch is ``batch_size × grad_accum × world``. Every rank draws the same global batch, trains on its
     slice ``[rank::world]``, scales its loss by the global target count and all-reduces (sums) the LoRA
     gradients: the update is exactly the single-process update on the global batch. Rank 0 logs and writes
-    checkpoints; every rank reads them on ``--resume``.
+    checkpoints; every rank reads them on ``--resume``."""
 
-    ``tuning`` (``bench/train_speed.py``'s ablations; not a user setting): ``packing`` (False = one example
-    per row), ``liger_loss`` (False = chunked torch loss head), ``micro_rows`` and ``checkpointed_layers``
-    (fixed instead of timed; ``checkpointed_layers`` may be ``"all"``), ``attn`` (the attention kernel, fixed),
-    ``flat_multiple`` (varlen's one-sequence micro-batch is padded to a multiple of this many tokens,
-    :func:`train.packing.collate_flat`),
-    ``compile`` (True/False: overrides :func:`use_compile`'s choice from ``cfg.compile``; tests/test_train.py
-    checks the compiled engine is exact on CPU), ``fused_lora`` (True = PEFT's LoRA layers run as one
-    autograd node each, :func:`train.kernels.lora_linear`; exact on CPU; an ablation: it lost to the compiled
-    layers on the H200, docs/gpu.md).
-    """
-    from tqdm import tqdm
-    from transformers import get_scheduler
+    def __init__(self, cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
+                 rank: int = 0, world: int = 1, tuning: "Tuning | dict | None" = None, compiled: bool | None = None):
+        from transformers import get_scheduler
 
-    t_engine = time.time()
-    body, head = _body_head(pm)
-    n_layers = len(body.layers)
-    k = n_layers - cfg.lora_layers if cfg.lora_layers else 0
-    cuda = device == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    tuning = dict(tuning or {})
-    use_liger = cuda and liger_available() and tuning.get("liger_loss", True)
-    packing = tuning.get("packing", True)
-    H = body.config.hidden_size
-    softcap = logit_softcap(body.config)
-    varlen_ok = varlen_exact(body.config, cfg.max_length)
+        self.t_engine = time.time()
+        self.cfg, self.pm, self.examples, self.run_dir = cfg, pm, examples, Path(run_dir)
+        self.device, self.quant, self.rank, self.world = device, quant, rank, world
+        self.tuning = Tuning.of(tuning)
+        self.body, self.head = _body_head(pm)
+        self.n_layers = len(self.body.layers)
+        self.k = self.n_layers - cfg.lora_layers if cfg.lora_layers else 0  # frozen-prefix layers
+        self.n_active = self.n_layers - self.k
+        self.cuda = device == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        self.use_liger = self.cuda and liger_available() and self.tuning.liger_loss
+        self.softcap = logit_softcap(self.body.config)
+        self.varlen_ok = varlen_exact(self.body.config, cfg.max_length)
+        self.pad_id = tok.pad_token_id or 0
+        self.prefix = self._prefix_cache()
+        self.per_step = cfg.batch_size * cfg.grad_accum * world
+        self.n_tgt = [sum(y != IGNORE for y in e["labels"][1:]) for e in examples]
+        self.spe = max(1, math.ceil(len(examples) / self.per_step))  # steps per epoch
+        self.total = planned_steps(cfg, len(examples), world)
+        self.trainable = [p for p in pm.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                     fused=self.cuda)
+        self.sched = get_scheduler(cfg.lr_scheduler, self.opt, num_training_steps=self.total,
+                                   num_warmup_steps=int(math.ceil(cfg.warmup_ratio * self.total)))
+        self.start, self.seen_tokens, self.ckpt_extra = 0, 0, {}
+        self.lora_mods = fusable_lora_modules(pm) if self.tuning.fused_lora else []
+        self.lora_fused = fused_lora(self.lora_mods)  # entered on every micro-batch (no layers: does nothing)
+        # one compile decision: the tuning override, else the recipe's (use_compile), else use_compile here
+        self.compiled = bool(next(c for c in (self.tuning.compile, compiled, use_compile(cfg, self.cuda, self.total))
+                                  if c is not None))
+        # attention kernel: "auto" (masked SDPA), "efficient", "varlen"; compiled on CUDA: varlen, not timed (one
+        # graph for every length; the masked kernels' [T, T] mask would be one more dynamic input)
+        self.attn = self.tuning.attn or ("varlen" if self.compiled and self.cuda and self.varlen_ok else "auto")
+        if self.compiled:  # dynamic shapes: one graph for every micro-batch length
+            for layer in self.body.layers[self.k:]:
+                layer.compile(dynamic=True)
+        self.micro_rows, self.ckpt_layers, self.probe_trials = None, 0, []
+        self.retry_steps: list[int] = []
+        if self.cuda and getattr(cfg, "gpu_memory_gib", 0):
+            total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
+        pm.train()
 
-    prefix = None
-    if k > 0:
-        itemsize = 2 if cuda else 4
-        need = sum(len(e["input_ids"]) for e in examples) * H * itemsize
-        if need <= CACHE_BUDGET_BYTES:
-            prefix = PrefixCache(body, examples, k, cfg.max_length, device,
-                                 torch.bfloat16 if cuda else torch.float32, autocast)
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    n_tgt = [sum(y != IGNORE for y in e["labels"][1:]) for e in examples]
-    spe = max(1, math.ceil(len(examples) / per_step))
-    total = planned_steps(cfg, len(examples), world)
-    trainable = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=cuda)
-    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=int(math.ceil(cfg.warmup_ratio * total)),
-                          num_training_steps=total)
-    start, seen_tokens, ckpt_extra = 0, 0, {}
-    if resume_ckpt is not None:
+    def _prefix_cache(self):
+        if self.k <= 0:
+            return None
+        itemsize = 2 if self.cuda else 4
+        need = sum(len(e["input_ids"]) for e in self.examples) * self.body.config.hidden_size * itemsize
+        if need > CACHE_BUDGET_BYTES:
+            return None  # recompute the frozen prefix every step
+        return PrefixCache(self.body, self.examples, self.k, self.cfg.max_length, self.device,
+                           torch.bfloat16 if self.cuda else torch.float32, self.autocast)
+
+    # ---- resume ------------------------------------------------------------------------------------------
+    def resume(self, ckpt: Path | None) -> None:
+        if ckpt is None:
+            return
         from peft import set_peft_model_state_dict
 
-        st = torch.load(resume_ckpt / "state.pt", weights_only=False, map_location=device)
-        set_peft_model_state_dict(pm, st["adapter"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = torch.load(ckpt / "state.pt", weights_only=False, map_location=self.device)
+        set_peft_model_state_dict(self.pm, st["adapter"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["rng"])
-        start, ckpt_extra = st["step"], st["extra"]
-        seen_tokens = ckpt_extra.get("num_tokens", 0)
-    ck_dir = run_dir / "checkpoints"
-    if cuda and getattr(cfg, "gpu_memory_gib", 0):
-        total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
-    pm.train()
-    pad_id = tok.pad_token_id or 0
-    n_active = n_layers - k
+        self.start, self.ckpt_extra = st["step"], st["extra"]
+        self.seen_tokens = self.ckpt_extra.get("num_tokens", 0)
 
-    # PEFT's LoRA layers through one fused autograd node each (train.kernels.lora_linear): an ablation, off by default
-    lora_mods = fusable_lora_modules(pm) if tuning.get("fused_lora") else []
-    lora_fused = fused_lora(lora_mods)  # entered on every micro-batch (no layers: does nothing)
-    compiled = bool(tuning.get("compile", use_compile(cfg, cuda, total)))
-    # attention kernel: "auto" (masked SDPA), "efficient", "varlen"; compiled on CUDA: varlen, not timed (one
-    # graph for every length; the masked kernels' [T, T] mask would be one more dynamic input)
-    attn = {"backend": tuning.get("attn", "varlen" if compiled and cuda and varlen_ok else "auto")}
-    flat_multiple = int(tuning.get("flat_multiple", 64))  # varlen's one-sequence micro-batch: length rounded up to this
-    if compiled:  # the trained layers through torch.compile (dynamic shapes: one graph for every micro-batch length)
-        for layer in body.layers[k:]:
-            layer.compile(dynamic=True)
-
-    def fwd_bwd(rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
-        """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
-
-        No host sync of its own (Liger's fused loss has one): the targets are picked by an index built on the
-        CPU, and ids/positions/targets travel in one pinned, non-blocking copy, so the CPU keeps queueing
-        kernels while the GPU works (at a few rows per step the step is launch-bound, docs/gpu.md)."""
-        # its own frame: after an out-of-memory error every activation of the failed try is freed
-        flat_layout = attn["backend"] == "varlen"
-        if flat_layout:  # one sequence [1, N], no padding between rows (collate_flat says why)
-            b = collate_flat(rws, flat_multiple, pad_id)
+    # ---- one micro-batch ---------------------------------------------------------------------------------
+    def _batch(self, rws) -> tuple:
+        """(ids, positions, targets, varlen, T) on the device, in one pinned, non-blocking copy."""
+        if self.attn == "varlen":  # one sequence [1, N], no padding between rows (collate_flat says why)
+            b = collate_flat(rws, self.tuning.flat_multiple, self.pad_id)
             T, cu, longest = b["input_ids"].shape[1], b["cu_seqlens"], b["longest"]
         else:
             # rows padded to the longest one, rounded up to a multiple of 64: few distinct shapes, so Triton
-            # (Liger) and cuBLAS compile/tune once, not on every new length (measured: seconds per new shape)
-            T = min(cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
-            b = collate_rows(rws, T, pad_id)
+            # (Liger) and cuBLAS compile/tune once, not on every new length
+            T = min(self.cfg.max_length, -(-max(len(r.input_ids) for r in rws) // 64) * 64)
+            b = collate_rows(rws, T, self.pad_id)
             cu, longest = [], 0
         tidx, ty = target_index(b["labels"])
         n = int(ty.numel())
         flat = torch.cat([b["input_ids"].reshape(-1), b["position_ids"].reshape(-1), tidx, ty,
                           torch.tensor(cu, dtype=torch.long)])
-        if cuda:
-            flat = flat.pin_memory().to(device, non_blocking=True)
+        if self.cuda:
+            flat = flat.pin_memory().to(self.device, non_blocking=True)
         BT = b["input_ids"].numel()
         ids, pos = flat[:BT].view(-1, T), flat[BT:2 * BT].view(-1, T)
         targets = (flat[2 * BT:2 * BT + n], flat[2 * BT + n:2 * BT + 2 * n])
-        # compiled: the longest segment is passed as its bound (max_length), so it is not a new constant per batch
-        varlen = (flat[2 * BT + 2 * n:].to(torch.int32), cfg.max_length if compiled else longest) if cu else None
-        with autocast, _attention_kernel(attn["backend"]), lora_fused:
-            if prefix is not None:
-                h = prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, H, device)
+        # compiled: the longest segment is passed as its bound (max_length), not a new constant per batch
+        bound = self.cfg.max_length if self.compiled else longest
+        varlen = (flat[2 * BT + 2 * n:].to(torch.int32), bound) if cu else None
+        return ids, pos, targets, varlen, T
+
+    def fwd_bwd(self, rws, mbrs, n_targets: int, ckpt: int) -> torch.Tensor:
+        """One micro-batch forward+backward; returns its share of the step loss as a 0-d tensor on the device.
+
+        No host sync of its own (Liger's fused loss has one): the targets are picked by an index built on the
+        CPU, so the CPU keeps queueing kernels while the GPU works (at a few rows per step the step is
+        launch-bound, docs/gpu.md). Its own frame: after an out-of-memory error every activation is freed."""
+        ids, pos, targets, varlen, T = self._batch(rws)
+        body, k = self.body, self.k
+        with self.autocast, _attention_kernel(self.attn), self.lora_fused:
+            if self.prefix is not None:
+                flat_layout = self.attn == "varlen"
+                h = self.prefix.batch([sum(mbrs, [])] if flat_layout else mbrs, T, body.config.hidden_size,
+                                      self.device)
             else:
                 with torch.no_grad() if k > 0 else nullcontext():
                     h = body.embed_tokens(ids)
                     if k > 0:
                         h = run_layers(body, h, pos, 0, k, final_norm=False)
-            h = run_layers(body, h, pos, k, n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen,
-                           dynamic=compiled)
-            loss, _ = linear_cross_entropy(h, head.weight, None, use_liger=use_liger, targets=targets,
-                                           softcap=softcap)
+            h = run_layers(body, h, pos, k, self.n_layers, final_norm=True, checkpoint_layers=ckpt, varlen=varlen,
+                           dynamic=self.compiled)
+            loss, _ = linear_cross_entropy(h, self.head.weight, None, use_liger=self.use_liger, targets=targets,
+                                           softcap=self.softcap)
+            n = int(targets[1].numel())
             (loss * (n / n_targets)).backward()
         return loss.detach().float() * (n / n_targets)
 
-    # micro-batch (rows per forward/backward) and checkpointed layers: timed up front on CUDA under the memory
-    # cap (choose_micro_batch); on CPU a step's rows are split into grad_accum micro-batches, nothing checkpointed
-    micro_rows, ckpt_layers, probe_trials = None, 0, []
-    if "micro_rows" in tuning:
-        micro_rows = int(tuning["micro_rows"])
-        c = tuning.get("checkpointed_layers", 0)
-        ckpt_layers = n_active if c == "all" else int(c)
-    elif cuda:
-        # the probe's rows: the first step this run trains; its size: the most rows any of the next 64 steps packs
-        order0 = epoch_order(len(examples), cfg.seed, start // spe)
-        steps0 = [order0[j * per_step:(j + 1) * per_step][rank::world] for j in range(start % spe, min(spe, start % spe + 64))]
-        rows0, members0 = _pack_step(examples, steps0[0], cfg.max_length, packing) if steps0[0] else ([], [])
-        most = max(len(_pack_step(examples, ix, cfg.max_length, packing)[0]) for ix in steps0 if ix) if rows0 else 0
-        need = max(1, math.ceil(most / cfg.grad_accum))
-        if rows0:
-            full = sorted(range(len(rows0)), key=lambda r: -len(rows0[r].input_ids))
-            probe_losses: dict = {}
+    # ---- plan: micro-batch, checkpointing, attention -------------------------------------------------------
+    def _steps_ahead(self, n: int = 64) -> list[list[int]]:
+        """This rank's example indices of the next ``n`` steps of the current epoch."""
+        order = epoch_order(len(self.examples), self.cfg.seed, self.start // self.spe)
+        j0 = self.start % self.spe
+        return [order[j * self.per_step:(j + 1) * self.per_step][self.rank::self.world]
+                for j in range(j0, min(self.spe, j0 + n))]
 
-            def try_fb(m: int, c: int) -> float | None:
-                sel = [full[i % len(full)] for i in range(m)]
-                rws, mbrs = [rows0[i] for i in sel], [members0[i] for i in sel]
-                real = sum(len(r.input_ids) for r in rws)
-                try:
-                    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
-                        dts = []
-                        for rep in range(3):  # first: fit check and warm-up; then the best of two timed passes
-                            torch.cuda.synchronize()
-                            t0 = time.perf_counter()
-                            loss = fwd_bwd(rws, mbrs, 1, c)
-                            torch.cuda.synchronize()
-                            dts.append(time.perf_counter() - t0)
-                            if rep == 0:
-                                probe_losses[(m, c, attn["backend"])] = float(loss)
-                    return real / min(dts[1:])
-                except torch.OutOfMemoryError:
-                    return None
-                finally:
-                    opt.zero_grad(set_to_none=True)
-                    torch.cuda.empty_cache()
+    def _prober(self, rows0, members0, probe_losses: dict) -> Callable[[int, int], float | None]:
+        """``try_fb(m, c)``: one timed forward+backward of the ``m`` longest rows of the first step with ``c``
+        checkpointed layers; real tokens/s, or None when out of memory."""
+        full = sorted(range(len(rows0)), key=lambda r: -len(rows0[r].input_ids))
 
-            # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
+        def try_fb(m: int, c: int) -> float | None:
+            sel = [full[i % len(full)] for i in range(m)]
+            rws, mbrs = [rows0[i] for i in sel], [members0[i] for i in sel]
+            real = sum(len(r.input_ids) for r in rws)
             try:
-                micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
-                                                                           margin_layers=max(1, n_active // 8))
-            except Exception as e:  # noqa: BLE001 — the compiler failed on this model/GPU: train eagerly instead
-                if not compiled or "compile" in tuning:
-                    raise
-                if rank == 0:
-                    print(f"notice: torch.compile failed ({type(e).__name__}: {str(e)[:200]}) — training the "
-                          f"layers eagerly (plain torch, no Liger kernels); set compile: off to skip compiling",
-                          file=sys.stderr)
-                for layer in body.layers[k:]:
-                    uncompile(layer)
-                compiled = False
-                attn["backend"] = tuning.get("attn", "auto")
-                micro_rows, ckpt_layers, probe_trials = choose_micro_batch(try_fb, need, n_active,
-                                                                           margin_layers=max(1, n_active // 8))
-            if "attn" not in tuning and not compiled:  # attention kernel: SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
-                attn["backend"] = choose_attention(try_fb, micro_rows, ckpt_layers, probe_trials, attn, probe_losses,
-                                                   names=("varlen",) * varlen_ok + ("efficient", "auto"))
-            if rank == 0:
-                print(f"micro-batch: {micro_rows} row(s) of {cfg.max_length} tokens, {ckpt_layers}/{n_active} "
-                      f"trained layer(s) with activation checkpointing, attention {attn['backend']} "
-                      f"(timed {len(probe_trials)} tries)", file=sys.stderr)
-            small_step_notice(rank, sum(min(len(examples[i]["input_ids"]), cfg.max_length) for ix in steps0 for i in ix)
-                              / max(1, len(steps0)), cfg)
-    window_loss, window_n, t_win, tok_win = 0.0, 0, time.time(), 0
-    losses: list[torch.Tensor] = []
-    # a memory cap makes the caching allocator free its cache and retry when it hits the cap (a device sync and
-    # new cudaMallocs, every step at the edge); one more slice of checkpointed layers stops that
-    capped = cuda and bool(getattr(cfg, "gpu_memory_gib", 0)) and "micro_rows" not in tuning
-    retries0 = _alloc_retries() if cuda else 0
-    retry_steps: list[int] = []
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=rank != 0)
-    t_train, t_first = time.time(), 0.0
-    step = start
-    order, order_epoch = [], -1
-    for step in range(start + 1, total + 1):
-        e, j = divmod(step - 1, spe)
-        if e != order_epoch:  # one permutation per epoch, not per step
-            order, order_epoch = epoch_order(len(examples), cfg.seed, e), e
-        idx_global = order[j * per_step:(j + 1) * per_step]
-        n_targets = sum(n_tgt[i] for i in idx_global) or 1
-        idx = idx_global[rank::world]
-        rows, members = _pack_step(examples, idx, cfg.max_length, packing) if idx else ([], [])
+                with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+                    dts = []
+                    for rep in range(3):  # first: fit check and warm-up; then the best of two timed passes
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        loss = self.fwd_bwd(rws, mbrs, 1, c)
+                        torch.cuda.synchronize()
+                        dts.append(time.perf_counter() - t0)
+                        if rep == 0:
+                            probe_losses[(m, c, self._attn_box["backend"])] = float(loss)
+                return real / min(dts[1:])
+            except torch.OutOfMemoryError:
+                return None
+            finally:
+                self.opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+
+        return try_fb
+
+    def plan(self) -> None:
+        """Micro-batch (rows per forward/backward) and checkpointed layers: fixed by tuning, or timed up front on
+        CUDA under the memory cap (:func:`choose_micro_batch`); on CPU a step's rows are split into grad_accum
+        micro-batches, nothing checkpointed."""
+        t = self.tuning
+        if t.micro_rows is not None:
+            self.micro_rows = int(t.micro_rows)
+            c = t.checkpointed_layers
+            self.ckpt_layers = self.n_active if c == "all" else int(c)
+            return
+        if not self.cuda:
+            return
+        steps0 = self._steps_ahead()
+        rows0, members0 = _pack_step(self.examples, steps0[0], self.cfg.max_length, t.packing) if steps0 and steps0[0] else ([], [])
+        if not rows0:
+            return
+        most = max(len(_pack_step(self.examples, ix, self.cfg.max_length, t.packing)[0]) for ix in steps0 if ix)
+        need = max(1, math.ceil(most / self.cfg.grad_accum))
+        probe_losses: dict = {}
+        self._attn_box = {"backend": self.attn}
+        try_fb = self._prober(rows0, members0, probe_losses)
+        self._probe_micro_batch(try_fb, need)
+        if t.attn is None and not self.compiled:  # SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
+            self._attn_box["backend"] = self.attn
+            self.attn = choose_attention(self._timed_with_attn(try_fb), self.micro_rows, self.ckpt_layers,
+                                         self.probe_trials, self._attn_box, probe_losses,
+                                         names=("varlen",) * self.varlen_ok + ("efficient", "auto"))
+        self._say(f"micro-batch: {self.micro_rows} row(s) of {self.cfg.max_length} tokens, {self.ckpt_layers}/"
+                  f"{self.n_active} trained layer(s) with activation checkpointing, attention {self.attn} "
+                  f"(timed {len(self.probe_trials)} tries)")
+        small_step_notice(self.rank, sum(min(len(self.examples[i]["input_ids"]), self.cfg.max_length)
+                                         for ix in steps0 for i in ix) / max(1, len(steps0)), self.cfg)
+
+    def _timed_with_attn(self, try_fb):
+        """try_fb under the kernel choose_attention has put in the shared box."""
+        def run(m: int, c: int):
+            self.attn = self._attn_box["backend"]
+            return try_fb(m, c)
+        return run
+
+    def _probe_micro_batch(self, try_fb, need: int) -> None:
+        # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
+        margin = max(1, self.n_active // 8)
+        try:
+            self.micro_rows, self.ckpt_layers, self.probe_trials = choose_micro_batch(try_fb, need, self.n_active,
+                                                                                      margin_layers=margin)
+        except Exception as e:  # noqa: BLE001 — the compiler failed on this model/GPU: train eagerly instead
+            if not self.compiled or self.tuning.compile is not None:
+                raise
+            self._say(f"notice: torch.compile failed ({type(e).__name__}: {str(e)[:200]}) — training the layers "
+                      f"eagerly (plain torch, no Liger kernels); set compile: off to skip compiling")
+            for layer in self.body.layers[self.k:]:
+                uncompile(layer)
+            self.compiled = False
+            self.attn = self._attn_box["backend"] = self.tuning.attn or "auto"
+            self.micro_rows, self.ckpt_layers, self.probe_trials = choose_micro_batch(try_fb, need, self.n_active,
+                                                                                      margin_layers=margin)
+
+    def _say(self, msg: str) -> None:
+        if self.rank == 0:
+            print(msg, file=sys.stderr)
+
+    # ---- one optimizer step ------------------------------------------------------------------------------
+    def train_step(self, idx_global: list[int]) -> tuple[torch.Tensor, int]:
+        """Forward+backward of one step's examples (this rank's slice); (loss tensor, real tokens)."""
+        n_targets = sum(self.n_tgt[i] for i in idx_global) or 1
+        idx = idx_global[self.rank::self.world]
+        rows, members = _pack_step(self.examples, idx, self.cfg.max_length, self.tuning.packing) if idx else ([], [])
         while True:
             try:
-                step_loss = torch.zeros((), device=device)
-                m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
+                step_loss = torch.zeros((), device=self.device)
+                m = self.micro_rows or max(1, math.ceil(len(rows) / self.cfg.grad_accum))
                 for a, z in _balanced(len(rows), m):
-                    step_loss += fwd_bwd(rows[a:z], members[a:z], n_targets, ckpt_layers)
-                break
+                    step_loss += self.fwd_bwd(rows[a:z], members[a:z], n_targets, self.ckpt_layers)
+                return step_loss, sum(len(r.input_ids) for r in rows)
             except torch.OutOfMemoryError:  # a longer step than the probe's, or fragmentation: degrade, never die
-                opt.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                m = micro_rows or max(1, math.ceil(len(rows) / cfg.grad_accum))
-                if ckpt_layers < n_active:
-                    ckpt_layers = n_active
-                elif m > 1:
-                    micro_rows = m // 2
-                else:
-                    raise RuntimeError("one row of max_length tokens does not fit in GPU memory even with "
-                                       "activation checkpointing; lower max_length") from None
-                if rank == 0:
-                    print(f"notice: out of GPU memory — retrying with {micro_rows or m} row(s) per micro-batch and "
-                          f"{ckpt_layers}/{n_active} checkpointed layers", file=sys.stderr)
-        real = sum(len(r.input_ids) for r in rows)
-        if world > 1:
-            for p in trainable:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            flat = _all_reduce_(torch.cat([p.grad.reshape(-1) for p in trainable]))
-            o = 0
-            for p in trainable:
-                p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
-                o += p.numel()
-            stats = _all_reduce_(torch.stack([step_loss.double(), torch.tensor(float(real), dtype=torch.float64,
-                                                                               device=flat.device)]))
-            step_loss, real = stats[0], int(stats[1])
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)  # a tensor: read only when logged (no sync)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        seen_tokens += real
-        tok_win += real
-        window_loss += step_loss
-        window_n += 1
-        losses.append(step_loss)
-        bar.update(1)
-        if not t_first:
-            t_first = time.time()  # end of the first step: setup, probe, compiling (when compiled) and step 1
-        if capped:
-            r = _alloc_retries()
-            if r > retries0:
-                retries0 = r
-                retry_steps.append(step)
-                if ckpt_layers < n_active:
-                    ckpt_layers = min(n_active, ckpt_layers + max(1, n_active // 8))
-                    if rank == 0:
-                        print(f"notice: step {step} reached the GPU memory cap (allocator retry) — "
-                              f"checkpointing {ckpt_layers}/{n_active} layers from now on", file=sys.stderr)
-        if step % cfg.logging_steps == 0 or step == total:
-            window_loss = float(window_loss)
-            now = time.time()
-            tps = tok_win / max(now - t_win, 1e-9)
-            rec = {"step": step, "epoch": step / spe, "loss": window_loss / window_n, "grad_norm": float(grad_norm),
-                   "learning_rate": sched.get_last_lr()[0], "num_tokens": seen_tokens, "tokens_per_s": tps}
-            log_metrics(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:.0f}")
-            window_loss, window_n, t_win, tok_win = 0.0, 0, now, 0
-        if step % cfg.save_steps == 0 and step < total and rank == 0:
-            _save_checkpoint(pm, opt, sched, step, {"num_tokens": seen_tokens}, ck_dir)
-    bar.close()
-    warmup_s = round(t_first - t_engine, 2) if t_first else None
-    return {"steps": total, "max_steps": total, "epochs": total / spe, "tokens_seen": seen_tokens,
-            "train_loss": float(sum(losses)) / len(losses) if losses else ckpt_extra.get("train_loss"),
-            "train_seconds": round(time.time() - t_train, 1),
-            "engine": {"name": "fast", "world_size": world, "frozen_prefix_layers": k, "prefix_cached": prefix is not None,
-                       "liger": use_liger, "micro_rows": micro_rows, "checkpointed_layers": ckpt_layers,
-                       "trained_layers": n_active, "micro_batch_probe": probe_trials, "attention": attn["backend"],
-                       "alloc_retry_steps": retry_steps, "fused_lora_layers": len(lora_mods),
-                       "compiled": compiled, "warmup_s": warmup_s,
-                       "packing": packing, "tuning": tuning,
-                       "quantization": quant}}
+                self._degrade(len(rows))
+
+    def _degrade(self, n_rows: int) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        m = self.micro_rows or max(1, math.ceil(n_rows / self.cfg.grad_accum))
+        if self.ckpt_layers < self.n_active:
+            self.ckpt_layers = self.n_active
+        elif m > 1:
+            self.micro_rows = m // 2
+        else:
+            raise RuntimeError("one row of max_length tokens does not fit in GPU memory even with activation "
+                               "checkpointing; lower max_length") from None
+        self._say(f"notice: out of GPU memory — retrying with {self.micro_rows or m} row(s) per micro-batch and "
+                  f"{self.ckpt_layers}/{self.n_active} checkpointed layers")
+
+    def reduce(self, step_loss: torch.Tensor, real: int) -> tuple[torch.Tensor, int]:
+        """Several processes: sum the LoRA gradients, the loss and the token count over ranks
+        (``torch.distributed.all_reduce`` on one flat buffer: one collective per step)."""
+        if self.world <= 1:
+            return step_loss, real
+        import torch.distributed as dist
+
+        for p in self.trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in self.trainable])
+        dist.all_reduce(flat)
+        o = 0
+        for p in self.trainable:
+            p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
+            o += p.numel()
+        stats = torch.stack([step_loss.double(), torch.tensor(float(real), dtype=torch.float64, device=flat.device)])
+        dist.all_reduce(stats)
+        return stats[0], int(stats[1])
+
+    def _watch_memory_cap(self, step: int, retries: list[int]) -> None:
+        """Under a memory cap the caching allocator frees its cache and retries when it hits the cap (a device
+        sync and new cudaMallocs, every step at the edge); one more slice of checkpointed layers stops that."""
+        r = _alloc_retries()
+        if r <= retries[0]:
+            return
+        retries[0] = r
+        self.retry_steps.append(step)
+        if self.ckpt_layers < self.n_active:
+            self.ckpt_layers = min(self.n_active, self.ckpt_layers + max(1, self.n_active // 8))
+            self._say(f"notice: step {step} reached the GPU memory cap (allocator retry) — checkpointing "
+                      f"{self.ckpt_layers}/{self.n_active} layers from now on")
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def run(self, log_metrics: Callable[[dict], None]) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.plan()
+        capped = self.cuda and bool(getattr(cfg, "gpu_memory_gib", 0)) and self.tuning.micro_rows is None
+        retries = [_alloc_retries() if self.cuda else 0]
+        win = {"loss": 0.0, "n": 0, "t": time.time(), "tok": 0}
+        losses: list[torch.Tensor] = []
+        bar = tqdm(total=self.total, initial=self.start, desc="train", unit="step", file=sys.stderr,
+                   disable=self.rank != 0)
+        t_train, t_first = time.time(), 0.0
+        order, order_epoch = [], -1
+        for step in range(self.start + 1, self.total + 1):
+            e, j = divmod(step - 1, self.spe)
+            if e != order_epoch:  # one permutation per epoch, not per step
+                order, order_epoch = epoch_order(len(self.examples), cfg.seed, e), e
+            step_loss, real = self.reduce(*self.train_step(order[j * self.per_step:(j + 1) * self.per_step]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)  # a tensor: read only when logged
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.seen_tokens += real
+            win["tok"] += real
+            win["loss"] += step_loss
+            win["n"] += 1
+            losses.append(step_loss)
+            bar.update(1)
+            t_first = t_first or time.time()  # end of step 1: setup, probe, compiling (when compiled), step 1
+            if capped:
+                self._watch_memory_cap(step, retries)
+            if step % cfg.logging_steps == 0 or step == self.total:
+                bar.set_postfix(**self.log(step, win, grad_norm, log_metrics))
+            if step % cfg.save_steps == 0 and step < self.total and self.rank == 0:
+                _save_checkpoint(self.pm, self.opt, self.sched, step, {"num_tokens": self.seen_tokens},
+                                 self.run_dir / "checkpoints")
+        bar.close()
+        return self.summary(losses, t_train, t_first)
+
+    def log(self, step: int, win: dict, grad_norm, log_metrics) -> dict:
+        now = time.time()
+        tps = win["tok"] / max(now - win["t"], 1e-9)
+        rec = {"step": step, "epoch": step / self.spe, "loss": float(win["loss"]) / win["n"],
+               "grad_norm": float(grad_norm), "learning_rate": self.sched.get_last_lr()[0],
+               "num_tokens": self.seen_tokens, "tokens_per_s": tps}
+        log_metrics(rec)
+        win.update(loss=0.0, n=0, t=now, tok=0)
+        return {"loss": f"{rec['loss']:.3f}", "tok_s": f"{tps:.0f}"}
+
+    def summary(self, losses: list, t_train: float, t_first: float) -> dict[str, Any]:
+        warmup_s = round(t_first - self.t_engine, 2) if t_first else None
+        return {"steps": self.total, "max_steps": self.total, "epochs": self.total / self.spe,
+                "tokens_seen": self.seen_tokens,
+                "train_loss": float(sum(losses)) / len(losses) if losses else self.ckpt_extra.get("train_loss"),
+                "train_seconds": round(time.time() - t_train, 1),
+                "engine": {"name": "fast", "world_size": self.world, "frozen_prefix_layers": self.k,
+                           "prefix_cached": self.prefix is not None, "liger": self.use_liger,
+                           "micro_rows": self.micro_rows, "checkpointed_layers": self.ckpt_layers,
+                           "trained_layers": self.n_active, "micro_batch_probe": self.probe_trials,
+                           "attention": self.attn, "alloc_retry_steps": self.retry_steps,
+                           "fused_lora_layers": len(self.lora_mods), "compiled": self.compiled,
+                           "warmup_s": warmup_s, "packing": self.tuning.packing,
+                           "tuning": self.tuning.overrides(), "quantization": self.quant}}
+
+
+def train_engine(cfg, pm, tok, examples: list[dict], run_dir: Path, *, device: str, quant: str,
+                 resume_ckpt: Path | None, log_metrics: Callable[[dict], None], rank: int = 0,
+                 world: int = 1, tuning: "Tuning | dict | None" = None, compiled: bool | None = None) -> dict[str, Any]:
+    """Train the PEFT model ``pm`` in place on ``examples`` (:class:`Engine`); returns the run summary."""
+    eng = Engine(cfg, pm, tok, examples, run_dir, device=device, quant=quant, rank=rank, world=world, tuning=tuning,
+                 compiled=compiled)
+    eng.resume(resume_ckpt)
+    return eng.run(log_metrics)

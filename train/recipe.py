@@ -360,7 +360,7 @@ def _train_fast(cfg: TrainConfig, model, tok, ts, peft_cfg, run_dir: Path, resum
 
     model.config.use_cache = False
     steps = planned_steps(cfg, len(ts.examples), world)
-    compiled = use_compile(cfg, cuda, steps)  # the engine makes the same decision from the same numbers
+    compiled = use_compile(cfg, cuda, steps)  # the one compile decision: Liger is applied or not by it, the engine takes it
     if compiled:
         log(f"torch.compile: the trained layers are compiled (compile={cfg.compile}, {steps} steps; a one-off "
             f"compile before step 1)" + (", Liger's fused loss head kept" if cuda else ""))
@@ -377,7 +377,7 @@ def _train_fast(cfg: TrainConfig, model, tok, ts, peft_cfg, run_dir: Path, resum
     if resume is not None:
         log(f"resuming from {ckpt}" if ckpt else f"no checkpoint in {run_dir}/checkpoints yet — starting from step 0")
     summary = train_engine(cfg, pm, tok, ts.examples, run_dir, device="cuda" if cuda else "cpu", quant=quant,
-                           resume_ckpt=ckpt, log_metrics=log_metrics, rank=rank, world=world)
+                           resume_ckpt=ckpt, log_metrics=log_metrics, rank=rank, world=world, compiled=compiled)
     return summary, pm
 
 

@@ -166,6 +166,7 @@ def _plugin(name: str, args: argparse.Namespace) -> int:
 CORE_VERBS = ("ingest", "stats", "snapshot")
 
 
+# long: one declarative argparse table for every verb; split, the CLI's shape would be scattered
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with ``verb`` in :data:`CORE_VERBS` only what that verb needs is imported
     (the other verbs are then missing from it: ``main`` passes the verb it is about to run)."""

@@ -326,6 +326,7 @@ def band_pairs(sig, rows, b, r, full_upto):
     return bucket_pairs(band_keys(sig, rows, b, r), np.arange(rows.shape[0]), rows, full_upto)
 
 
+# long: one numba-compiled kernel: calls out of the jitted loop would cost its speed (bench/results/dedup_quiet.json)
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def bucket_pairs(keys, cols, rows, full_upto):
     """Candidate pairs (ids from ``rows``, unsorted, may repeat) of positions sharing a key

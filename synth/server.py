@@ -338,6 +338,7 @@ def _client_timeout(headers) -> float | None:
     return t if t and t > 0 else None
 
 
+# long: a closure defining the HTTP handler class; each of its methods is short
 def make_handler(batcher: Batcher, model_id: str, request_timeout_s: float = 600.0, poll_s: float = 0.1):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

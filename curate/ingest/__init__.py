@@ -494,6 +494,7 @@ def _input_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+# long: the ingest driver (walk, detect, read in workers, write, rejects, resume); to be split into steps
 def ingest_paths(
     store: Store,
     paths: Iterable[str | Path],

@@ -300,6 +300,7 @@ def _scrub_turn(text: str, turn: int, findings: list) -> str:
     return text
 
 
+# long: the ticket fast path's hot loop kept in one frame (bench/results/ingest-quiet.json)
 def build_batch(chunk: tuple) -> tuple[Any, list[Reject], list, int]:
     """``_split(_process_chunk(chunk))`` — the :func:`~curate.store.prepare_row` rows (as a
     :class:`~curate.store.TicketRows` batch on the fast path) and the rejects of one chunk of

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from train.modelfile import PARITY_CONVERSATIONS, derive_chatml_spec, go_template, render_ollama
+from train.modelfile import PARITY_CONVERSATIONS, derive_spec, go_template, render_ollama
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def tok():
 
 def test_go_text_template_renders_training_prompts(go_render, tok):
     train = lambda c: tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)  # noqa: E731
-    template = go_template(derive_chatml_spec(train))
+    template = go_template(derive_spec(train))
     convs = PARITY_CONVERSATIONS + [
         [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}],
     ]
@@ -141,3 +141,23 @@ def test_go_and_python_renderers_agree_on_the_subset(go_render):
             {"role": "assistant", "content": "c"}]
     [go_out] = go_render(t, [conv])
     assert go_out == render_ollama(t, conv)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+def test_go_text_template_renders_each_familys_training_prompts(go_render, family):
+    """Every family's TEMPLATE (Ollama's form for it), executed by Go, gives the training prompt after the BOS
+    token Ollama adds (contents stripped where the training template strips them)."""
+    from families import build_tokenizer
+
+    from train.export import bos_text, renderer
+    from train.modelfile import serving_conversations, template_parity
+
+    tok = build_tokenizer(family)
+    render = renderer(tok)
+    spec = derive_spec(render, bos_text(tok, render))
+    template = go_template(spec)
+    convs = serving_conversations(PARITY_CONVERSATIONS, spec)
+    got = go_render(template, convs)
+    for r, g in zip(template_parity(template, render, convs, spec), got):
+        assert g == r.got[len(spec.bos):]  # our Python renderer agrees with Go
+        assert spec.bos + g == r.expected  # and Go reproduces training

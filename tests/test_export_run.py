@@ -109,3 +109,18 @@ def test_out_folder_with_other_data_is_never_replaced(tmp_path: Path):
     with pytest.raises(ExportError, match="not a previous export"):
         export(ExportConfig(run=run, format="merged", out=precious, progress=False), log=lambda *_: None)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_base_model_path_prefers_the_runs_resolved_folder(tmp_path: Path):
+    from train.export import base_model_path
+
+    resolved, other = tmp_path / "resolved", tmp_path / "other"
+    for d in (resolved, other):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    man = {"config": {"base_model": "org/name", "base_model_path": str(other)}, "model": {"path": str(resolved)}}
+    assert base_model_path(locate_run(_run(tmp_path / "a", man))) == resolved  # manifest model.path first
+    man["model"]["path"] = str(tmp_path / "gone")  # a folder that no longer exists: the next field
+    assert base_model_path(locate_run(_run(tmp_path / "b", man))) == other
+    # --base overrides what the manifest says
+    assert base_model_path(locate_run(_run(tmp_path / "c", man), base=str(resolved))) == resolved

@@ -2,6 +2,7 @@
 
 Uses the embedded SmolLM2 tokenizer (its ChatML template inserts a default
 system prompt when a conversation has none).  No model weights are loaded.
+The other template families are covered by ``test_export_families.py``.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 
 from train.modelfile import (
     PARITY_CONVERSATIONS,
-    ChatMLSpec,
     TemplateError,
-    derive_chatml_spec,
+    chatml_spec,
+    derive_spec,
     go_template,
     modelfile_text,
     ollama_values,
@@ -41,13 +42,13 @@ def _render(tok, template=None):
 
 
 def test_spec_reads_default_system_prompt(tok):
-    spec = derive_chatml_spec(_render(tok))
+    spec = derive_spec(_render(tok))
     assert spec.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert spec.lead == ""
 
 
 def test_go_template_matches_training_template(tok):
-    tmpl = go_template(derive_chatml_spec(_render(tok)))
+    tmpl = go_template(derive_spec(_render(tok)))
     results = template_parity(tmpl, _render(tok))
     kinds = {(any(m["role"] == "system" for m in r.conversation), sum(m["role"] == "user" for m in r.conversation) > 1)
              for r in results}
@@ -67,7 +68,7 @@ def test_go_template_matches_training_template(tok):
     lambda t: t[: -len("<|im_start|>assistant\n")],                            # no generation prompt
 ])
 def test_wrong_template_is_caught(tok, break_it):
-    good = go_template(derive_chatml_spec(_render(tok)))
+    good = go_template(derive_spec(_render(tok)))
     bad = break_it(good)
     assert bad != good
     results = template_parity(bad, _render(tok))
@@ -76,7 +77,7 @@ def test_wrong_template_is_caught(tok, break_it):
 
 
 def test_wrong_spec_is_caught(tok):
-    spec = derive_chatml_spec(_render(tok))
+    spec = derive_spec(_render(tok))
     bad = go_template(dataclasses.replace(spec, default_system="You are a helpful assistant."))
     failed = [r for r in template_parity(bad, _render(tok)) if not r.ok]
     # exactly the conversations without a system message differ
@@ -87,7 +88,7 @@ def test_custom_training_templates(tok):
     """A run whose template has no default system prompt, or uses generation markers, still matches."""
     no_default = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-    spec = derive_chatml_spec(_render(tok, no_default))
+    spec = derive_spec(_render(tok, no_default))
     assert spec.default_system is None
     assert all(r.ok for r in template_parity(go_template(spec), _render(tok, no_default)))
 
@@ -101,20 +102,25 @@ def test_custom_training_templates(tok):
     assert "{%- generation" not in served and "endgeneration" not in served
     for conv in PARITY_CONVERSATIONS:
         assert _render(tok, served)(conv) == _render(tok, marked)(conv)
-    spec = derive_chatml_spec(_render(tok, marked))
+    spec = derive_spec(_render(tok, marked))
     assert all(r.ok for r in template_parity(go_template(spec), _render(tok, marked)))
 
 
-def test_non_chatml_template_is_refused(tok):
+def test_other_family_is_recognised_and_unknown_one_refused(tok):
     llama3ish = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] "
                  "+ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
                  "<|end_header_id|>\n\n' }}{% endif %}")
-    with pytest.raises(TemplateError, match="not ChatML"):
-        derive_chatml_spec(_render(tok, llama3ish))
+    spec = derive_spec(_render(tok, llama3ish))
+    assert spec.family.name == "llama3-instruct" and spec.default_system is None
+    assert all(r.ok for r in template_parity(go_template(spec), _render(tok, llama3ish), spec=spec))
+    alpaca = ("{% for m in messages %}{{ '### ' + m['role'] + ':\n' + m['content'] + '\n\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
+    with pytest.raises(TemplateError, match="fits none of the Ollama template families"):
+        derive_spec(_render(tok, alpaca))
 
 
 def test_modelfile_content_and_ollama_parsing(tok):
-    spec = derive_chatml_spec(_render(tok))
+    spec = derive_spec(_render(tok))
     tmpl = go_template(spec)
     text = modelfile_text(spec, tmpl, params={"num_ctx": 2048, "temperature": 0.2}, header="made by a test")
     assert text.splitlines()[0] == "# made by a test"
@@ -156,7 +162,7 @@ def test_go_renderer_subset():
 
 
 def test_literal_braces_in_default_system_prompt(tok):
-    spec = ChatMLSpec(default_system="Use {{ .System }} literally }}")
+    spec = chatml_spec(default_system="Use {{ .System }} literally }}")
     tmpl = go_template(spec)
     out = render_ollama(tmpl, [{"role": "user", "content": "q"}])
     assert out.startswith("<|im_start|>system\nUse {{ .System }} literally }}<|im_end|>\n")

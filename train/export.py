@@ -8,23 +8,25 @@ of three formats, each checked before it is published:
     HF folder (fp32 safetensors + tokenizer + the serving chat template).
     Check: merged logits equal the base+adapter (unmerged PEFT) logits.
 ``gguf``
-    ``model-<dtype>.gguf`` written by :mod:`train.gguf_writer` (f16 or q8_0).
-    Checks: the file loaded back with transformers' GGUF loader gives the same
-    greedy continuation as the merged model on held-out prompts (a divergence
-    is accepted only at a near-tie of the merged model's two best tokens, and
-    reported), teacher-forced logits within a dtype tolerance, the GGUF's
-    tokenizer gives the same ids as the training tokenizer, and the GGUF's
-    ``tokenizer.chat_template`` renders the same prompts as the training one.
-    When the ``xllamacpp`` wheel (llama.cpp built for Python) is installed, the
-    same three checks also run against real llama.cpp: its Jinja rendering of
-    the GGUF template, its tokenizer, and its greedy decoding.
+    ``model-<dtype>.gguf`` written by :mod:`train.gguf_writer` (Llama/Llama 3,
+    Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, Phi-3; f16, q8_0, q5_k_m or
+    q4_k_m).  Checks against real llama.cpp (the ``xllamacpp`` wheel, llama.cpp
+    built for Python): its Jinja rendering of the GGUF's
+    ``tokenizer.chat_template`` equals the training prompts (plus the BOS token
+    it adds), its tokenizer gives the training ids, and its greedy decoding of
+    held-out prompts equals the merged model's (a divergence is accepted only at
+    a near-tie of the merged model's two best tokens, and reported).  The file is
+    also read back with transformers' GGUF loader (chat template, tokenizer,
+    greedy and teacher-forced logits within a dtype tolerance); those numbers
+    are reported, and decide only where llama.cpp is not installed.
 ``ollama``
     ``model.gguf`` + ``Modelfile`` (see :mod:`train.modelfile`).  Checks: all
-    of the ``gguf`` checks, plus the Modelfile's Go TEMPLATE rendered as
-    Ollama would equals the training template's rendering for single- and
-    multi-turn conversations with and without a system prompt (and for the
-    held-out conversations), and the Modelfile parses back (Ollama's rules) to
-    that same TEMPLATE.
+    of the ``gguf`` checks, plus the Modelfile's Go TEMPLATE (the run's template
+    family's Ollama form) rendered as Ollama would, after the BOS token Ollama
+    adds, equals the training template's rendering for single- and multi-turn
+    conversations with and without a system prompt (and for the held-out
+    conversations), and the Modelfile parses back (Ollama's rules) to that same
+    TEMPLATE.
 
 Outputs are written to ``<out>.partial`` and renamed to ``<out>`` only when
 every check passed; a failed export exits non-zero, says which check failed,
@@ -47,19 +49,21 @@ from typing import Any
 
 from .template import serving_template
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 FORMATS = ("merged", "gguf", "ollama")
-DTYPES = ("f16", "q8_0")
+DTYPES = ("f16", "q8_0", "q4_k_m", "q5_k_m")
 
 # Teacher-forced logit tolerance (max |Δ| over every position and vocab entry)
 # and the near-tie margin under which a greedy divergence is accepted.
 # Measured on SmolLM2-135M + a LoRA: f16 max |Δ| ≈ 0.05 and top-1 agreement 1.0;
 # q8_0 max |Δ| ≈ 1.4 (over 49k logits x every position) and top-1 ≈ 0.97 (docs/export.md).
-LOGIT_ATOL = {"f16": 0.25, "q8_0": 3.0}
-TOP1_MIN = {"f16": 0.98, "q8_0": 0.9}
-TIE_MARGIN = {"f16": 0.1, "q8_0": 0.5}
+# The 4/5-bit K-quant mixes change the weights too much for a bound against the merged model to separate
+# quantisation error from a broken conversion, so they are checked against the *dequantised* GGUF weights
+# loaded into the merged model (gguf_writer.dequantized_model): the same numbers llama.cpp computes with, up to
+# llama.cpp quantising activations in its K-quant matmuls. Agreement with the merged model is reported.
+KQUANTS = ("q5_k_m", "q4_k_m")
+LOGIT_ATOL = {"f16": 0.25, "q8_0": 3.0, "q5_k_m": 0.25, "q4_k_m": 0.25}
+TOP1_MIN = {"f16": 0.98, "q8_0": 0.9, "q5_k_m": 0.98, "q4_k_m": 0.98}
+TIE_MARGIN = {"f16": 0.1, "q8_0": 0.5, "q5_k_m": 1.0, "q4_k_m": 1.0}  # K-quants: llama.cpp also quantises activations
 MERGE_ATOL = 1e-3
 
 BUILTIN_PROMPTS: list[list[dict]] = [
@@ -207,10 +211,52 @@ def _sha_dir(d: Path, pattern: str = "adapter_model.*") -> str:
 # ---------------------------------------------------------------- templates
 
 def renderer(tok, template: str | None = None):
+    """The prompt training builds for a conversation: the conversation as the template accepts it (a system
+    message merged into the first user turn for templates that refuse the system role, as training does),
+    rendered with the generation prompt."""
+    try:
+        from train.template import conform_messages
+    except ImportError:  # an older train.template
+        conform_messages = None
+
     def render(messages: list[dict]) -> str:
         kw = {"chat_template": template} if template is not None else {}
+        if conform_messages is not None:
+            messages = conform_messages(tok, messages, template or tok.chat_template)
         return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kw)
     return render
+
+
+# Prepended to a chat template that refuses the system role: merges a leading system message into the first
+# user turn exactly as training does (train.template.conform_messages), so llama.cpp's and transformers' Jinja
+# serve the training prompt (llama.cpp's own fallback joins them with one newline, training with two).
+SYSTEM_INTO_USER = (
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% if messages|length > 1 and messages[1]['role'] == 'user' %}"
+    "{% set messages = [{'role': 'user', 'content': messages[0]['content'] + '\\n\\n' + messages[1]['content']}]"
+    " + messages[2:] %}"
+    "{% else %}{% set messages = [{'role': 'user', 'content': messages[0]['content']}] + messages[1:] %}{% endif %}"
+    "{% endif %}")
+
+
+def served_template(tok) -> str:
+    """The chat template written into exports: the training template without generation markers, and with
+    training's system-into-user merge when the template itself refuses a system message."""
+    template = serving_template(tok.chat_template)
+    try:
+        tok.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                chat_template=template, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 — the template's raise_exception('System role not supported')
+        template = SYSTEM_INTO_USER + template
+    return template
+
+
+def bos_text(tok, render) -> str | None:
+    """The BOS token's text when the training template renders it at the start of every prompt (``{{ bos_token }}``):
+    then the GGUF says "add BOS" and the serving templates leave the text out; ``None``: no BOS when serving."""
+    t = tok.bos_token
+    ok = bool(t) and "bos_token" in (tok.chat_template or "") and render(BUILTIN_PROMPTS[0]).startswith(t)
+    return t if ok else None
 
 
 def _prompt_of(messages: list[dict]) -> list[dict]:
@@ -247,15 +293,25 @@ def heldout_prompts(info: RunInfo, n: int) -> tuple[list[list[dict]], str]:
 
 # ------------------------------------------------------------------- merge
 
+def base_model_path(info: RunInfo) -> Path:
+    """The local folder of the run's base model: the manifest's resolved ``model.path``, then
+    ``config.base_model_path``, else the base model name resolved again (folder, .gguf, embedded:, hub id)."""
+    for key in ("model.path", "config.base_model_path"):
+        v = _dig(info.manifest, key)
+        if isinstance(v, str) and v and info.base_field.startswith("manifest") and (Path(v) / "config.json").exists():
+            return Path(v)
+    from curate.models import materialize_chat_model
+
+    return materialize_chat_model(info.base_model)
+
+
 def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:
     """Fold the LoRA adapter into the base weights; save an HF folder; check it."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from curate.models import materialize_chat_model
-
-    base_path = materialize_chat_model(info.base_model)
+    base_path = base_model_path(info)
     tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
     if not tok.chat_template:
         raise ExportError(f"{info.tokenizer_dir}: tokenizer has no chat template (chat_template.jinja or "
@@ -279,7 +335,7 @@ def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
     train_render = renderer(tok)
-    tok.chat_template = serving_template(tok.chat_template)
+    tok.chat_template = served_template(tok)
     tok.save_pretrained(out_dir)
     # what was written is what was checked: reload the folder, compare logits and template renderings
     saved_tok = AutoTokenizer.from_pretrained(out_dir)
@@ -304,89 +360,129 @@ def _greedy(model, ids, n: int, eos: int | None, pad: int | None) -> list[int]:
 
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad if pad is not None else eos)
+                             eos_token_id=eos, pad_token_id=pad if pad is not None else (eos or [None])[0])
     return out[0, ids.shape[1]:].tolist()
 
 
+def _eos_ids(tok, model) -> list[int]:
+    """Every token that ends generation for the model (config eos list, e.g. Llama 3's <|eot_id|> and
+    <|end_of_text|>, plus the tokenizer's eos)."""
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return sorted(set(ids) | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
+
+
+def _strip_eos(toks: list[int], eos: list[int]) -> list[int]:
+    return toks[:-1] if toks and toks[-1] in eos else toks
+
+
 def gguf_parity(merged_dir: Path, gguf_path: Path, train_tok, prompts: list[list[dict]], dtype: str,
-                max_new_tokens: int) -> dict:
-    """All GGUF-vs-merged checks; returns the numbers, raises ExportError on a failure."""
+                max_new_tokens: int, render=None) -> dict:
+    """All GGUF-vs-merged checks; returns the numbers, raises ExportError on a failure.
+
+    llama.cpp (the ``xllamacpp`` wheel) is the serving engine and its checks decide; transformers' GGUF loader
+    is a second opinion whose failures are reported (fatal only when llama.cpp is not installed, or for the
+    chat template it reads back from the file).
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from train.modelfile import PARITY_CONVERSATIONS
 
-    failures: list[str] = []
-    ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    got = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
-    gtok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    render = render or renderer(train_tok)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    # the GGUF's weights read back (dequantised, transformed back) into the merged model: exact but for f16
+    # rounding when the conversion is right, whatever transformers' own GGUF loader makes of the architecture
+    from train.gguf_writer import dequantized_model
 
-    train_render = renderer(train_tok)
+    readback = dequantized_model(merged_dir, gguf_path)
+    ref = readback if dtype in KQUANTS else merged
+    eos, pad = _eos_ids(train_tok, ref), train_tok.pad_token_id
     convs = PARITY_CONVERSATIONS + prompts
-    tmpl_bad = [i for i, c in enumerate(convs)
-                if renderer(gtok)(c) != train_render(c)]
+    probes = TOKENIZER_PROBES + [render(c) for c in convs]
+    probe_ids = train_tok(render(BUILTIN_PROMPTS[2]), return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        roundtrip = float((readback(probe_ids).logits - merged(probe_ids).logits).abs().max())
+    ref_runs, merged_runs = [], []
+    for conv in prompts:
+        ids = train_tok(render(conv), return_tensors="pt", add_special_tokens=False).input_ids
+        ref_runs.append((ids, _greedy(ref, ids, max_new_tokens, eos, pad)))
+        merged_runs.append(ref_runs[-1][1] if ref is merged else _greedy(merged, ids, max_new_tokens, eos, pad))
+
+    report = {"dtype": dtype, "prompts": len(prompts), "logit_atol": LOGIT_ATOL[dtype],
+              "template_conversations_checked": len(convs),
+              "reference": "dequantised GGUF weights in the merged model" if ref is not merged else "merged model",
+              "weights_readback_max_abs_logit_diff": roundtrip}
+    failures = [f"GGUF weights read back give logits {roundtrip:.3f} away from the merged model (> {LOGIT_ATOL['f16']}): "
+                "the conversion changed the weights"] if dtype == "f16" and roundtrip > LOGIT_ATOL["f16"] else []
+    hf_failures: list[str] = []
+    report.update(_transformers_parity(gguf_path, ref, train_tok, convs, probes, ref_runs, render, dtype, hf_failures))
+    lc_failures: list[str] = []
+    report["llama_cpp"] = llamacpp_parity(gguf_path, ref, train_tok, convs, probes, ref_runs, render, dtype,
+                                          max_new_tokens, lc_failures)
+    report["transformers_failures"] = hf_failures
+    if report["llama_cpp"].get("checked"):
+        # quality: llama.cpp's greedy tokens vs the unquantised merged model
+        report["llama_cpp"]["identical_to_merged"] = sum(
+            _strip_eos(r["tokens"], eos) == _strip_eos(m, eos) for r, m in zip(report["llama_cpp"]["per_prompt"], merged_runs))
+        # the GGUF's own chat template must read back identically whatever engine reads it
+        failures += lc_failures + [f for f in hf_failures if "chat_template" in f]
+    else:
+        failures += hf_failures + ([] if report.get("transformers_checked") else [
+            f"no engine could check {gguf_path.name}: transformers cannot load it ({report.get('transformers_note')}) "
+            "and llama.cpp is not installed (pip install xllamacpp)"])
+    if failures:
+        raise ExportError("GGUF parity failed:\n  - " + "\n  - ".join(failures)) from None
+    return report
+
+
+def _transformers_parity(gguf_path: Path, ref, train_tok, convs, probes, ref_runs, render, dtype: str,
+                         failures: list[str]) -> dict:
+    """The GGUF read back with transformers' GGUF loader: chat template, tokenizer, greedy and teacher-forced
+    logits against the merged model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        got = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+        gtok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except Exception as e:  # noqa: BLE001 — an architecture transformers' GGUF loader does not read
+        return {"transformers_checked": False, "transformers_note": f"{type(e).__name__}: {str(e)[:200]}"}
+    tmpl_bad = [i for i, c in enumerate(convs) if renderer(gtok)(c) != render(c)]
     if tmpl_bad:
         failures.append(f"GGUF chat_template renders differently from training for conversations {tmpl_bad}")
-    probes = TOKENIZER_PROBES + [train_render(c) for c in convs]
-    import gguf
-
-    pre = gguf.GGUFReader(str(gguf_path)).fields["tokenizer.ggml.pre"].contents()
-    hf_tokenizer_check = pre != "smollm"
-    if hf_tokenizer_check:
-        tok_bad = [p for p in probes
-                   if gtok(p, add_special_tokens=True).input_ids != train_tok(p, add_special_tokens=True).input_ids]
-        if tok_bad:
-            failures.append(f"GGUF tokenizer gives different ids from training for {[p[:40] for p in tok_bad]}")
-    special = {k: (getattr(gtok, k), getattr(train_tok, k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    for k, (a, b) in special.items():
-        if a != b:
-            failures.append(f"GGUF {k} is {a}, training tokenizer's is {b}")
-
-    eos, pad = train_tok.eos_token_id, train_tok.pad_token_id
-    per_prompt, max_diff, top1_agree, top1_total = [], 0.0, 0, 0
-    ref_runs: list[tuple] = []
-    for i, conv in enumerate(prompts):
-        ids = train_tok(train_render(conv), return_tensors="pt", add_special_tokens=False).input_ids
-        a = _greedy(ref, ids, max_new_tokens, eos, pad)
-        b = _greedy(got, ids, max_new_tokens, eos, pad)
-        ref_runs.append((ids, a))
+    tok_bad = [p[:40] for p in probes
+               if gtok(p, add_special_tokens=False).input_ids != train_tok(p, add_special_tokens=False).input_ids]
+    if tok_bad:
+        failures.append(f"transformers' reading of the GGUF tokenizer gives different ids for {tok_bad}")
+    for k in ("bos_token_id", "eos_token_id"):
+        if getattr(gtok, k) != getattr(train_tok, k):
+            failures.append(f"GGUF {k} is {getattr(gtok, k)}, training tokenizer's is {getattr(train_tok, k)}")
+    eos, pad = _eos_ids(train_tok, ref), train_tok.pad_token_id
+    per_prompt, max_diff, agree, total = [], 0.0, 0, 0
+    for i, (ids, a) in enumerate(ref_runs):
+        b = _greedy(got, ids, len(a) or 1, eos, pad)
         full = torch.cat([ids, torch.tensor([a], dtype=ids.dtype)], dim=1) if a else ids
         with torch.no_grad():
             la, lb = ref(full).logits[0], got(full).logits[0]
-        d = float((la - lb).abs().max())
+        n = min(la.shape[-1], lb.shape[-1])
+        d = float((la[:, :n] - lb[:, :n]).abs().max())
         max_diff = max(max_diff, d)
-        top1_agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
-        top1_total += la.shape[0]
-        rec = {"prompt": i, "merged": train_tok.decode(a), "gguf": train_tok.decode(b), "identical": a == b,
+        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        total += la.shape[0]
+        a_cmp, b_cmp = _strip_eos(a, eos), _strip_eos(b, eos)
+        rec = {"prompt": i, "merged": train_tok.decode(a), "gguf": train_tok.decode(b), "identical": a_cmp == b_cmp,
                "max_abs_logit_diff": d}
-        if a != b:
-            _divergence(ref, ids, a, b, dtype, f"prompt {i} (transformers GGUF loader)", rec, failures)
+        if a_cmp != b_cmp:
+            _divergence(ref, ids, a_cmp, b_cmp, dtype, f"prompt {i} (transformers GGUF loader)", rec, failures)
         per_prompt.append(rec)
     if max_diff > LOGIT_ATOL[dtype]:
         failures.append(f"teacher-forced logits differ by {max_diff:.3f} > {LOGIT_ATOL[dtype]} ({dtype})")
-    if top1_agree / max(top1_total, 1) < TOP1_MIN[dtype]:
-        failures.append(f"teacher-forced top-1 agreement {top1_agree / max(top1_total, 1):.3f} < {TOP1_MIN[dtype]} ({dtype})")
-    llamacpp = llamacpp_parity(gguf_path, ref, train_tok, convs, probes, ref_runs, dtype, max_new_tokens, failures)
-    if not hf_tokenizer_check and not llamacpp.get("checked"):
-        failures.append("tokenizer.ggml.pre is 'smollm' (single-digit split), which transformers' GGUF loader does "
-                        "not implement, and llama.cpp is not available to check it: pip install xllamacpp")
-    report = {
-        "dtype": dtype,
-        "prompts": len(prompts),
-        "identical_greedy_outputs": sum(r["identical"] for r in per_prompt),
-        "max_abs_logit_diff": max_diff,
-        "logit_atol": LOGIT_ATOL[dtype],
-        "top1_agreement": top1_agree / max(top1_total, 1),
-        "template_conversations_checked": len(convs),
-        "tokenizer_probes_checked": len(probes) if hf_tokenizer_check else 0,
-        "tokenizer_check_note": "" if hf_tokenizer_check else
-        "transformers' GGUF loader has no 'smollm' digit split; tokenizer checked with llama.cpp only",
-        "per_prompt": per_prompt,
-        "llama_cpp": llamacpp,
-    }
-    if failures:
-        raise ExportError("GGUF parity failed:\n  - " + "\n  - ".join(failures), ) from None
-    return report
+    if agree / max(total, 1) < TOP1_MIN[dtype]:
+        failures.append(f"teacher-forced top-1 agreement {agree / max(total, 1):.3f} < {TOP1_MIN[dtype]} ({dtype})")
+    return {"transformers_checked": True, "identical_greedy_outputs": sum(r["identical"] for r in per_prompt),
+            "max_abs_logit_diff": max_diff, "top1_agreement": agree / max(total, 1),
+            "tokenizer_probes_checked": len(probes), "per_prompt": per_prompt}
 
 
 def _divergence(ref, ids, a: list[int], b: list[int], dtype: str, what: str, rec: dict, failures: list[str]) -> None:
@@ -408,27 +504,36 @@ def _divergence(ref, ids, a: list[int], b: list[int], dtype: str, what: str, rec
 
 
 def llamacpp_parity(gguf_path: Path, ref, train_tok, convs: list[list[dict]], probes: list[str],
-                    ref_runs: list[tuple], dtype: str, max_new_tokens: int, failures: list[str]) -> dict:
+                    ref_runs: list[tuple], render, dtype: str, max_new_tokens: int, failures: list[str]) -> dict:
     """The same checks against real llama.cpp (the ``xllamacpp`` wheel), when it is installed.
 
     Loads the GGUF in llama.cpp's server (in-process, loopback HTTP) and
     compares ``/apply-template`` (llama.cpp's Jinja engine on our
-    ``tokenizer.chat_template``) with the training rendering, ``/tokenize``
-    with the training tokenizer, and greedy ``/completion`` tokens with the
-    merged model's greedy tokens.
+    ``tokenizer.chat_template``; it drops the leading BOS text when the file
+    says llama.cpp adds a BOS token, so the rendered text plus that token must
+    equal training's) with the training rendering, ``/tokenize`` with the
+    training tokenizer, and greedy ``/completion`` tokens with the merged
+    model's greedy tokens.
     """
     try:
         import xllamacpp
     except ImportError:
         return {"checked": False, "reason": "xllamacpp not installed (pip install xllamacpp)"}
-    eos = train_tok.eos_token_id
-    rep: dict[str, Any] = {"checked": True, "version": getattr(xllamacpp, "__version__", "?")}
+    import gguf
+
+    eos = _eos_ids(train_tok, ref)
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    bos = train_tok.bos_token if field is not None and field.contents() and train_tok.bos_token else ""
+    rep: dict[str, Any] = {"checked": True, "version": getattr(xllamacpp, "__version__", "?"), "adds_bos": bool(bos)}
     with llamacpp_server(gguf_path) as post:
-        train_render = renderer(train_tok)
         # llama.cpp continues a trailing assistant message (prefill) instead of opening a new turn,
         # so only conversations that end with a user turn (the serving case) are compared.
         convs = [c for c in convs if c[-1]["role"] != "assistant"]
-        bad = [i for i, c in enumerate(convs) if post("/apply-template", {"messages": c})["prompt"] != train_render(c)]
+        bad = []
+        for i, c in enumerate(convs):
+            want, got = render(c), post("/apply-template", {"messages": c})["prompt"]
+            if (bos + got) != want and got != want:
+                bad.append(i)
         if bad:
             failures.append(f"llama.cpp renders the GGUF chat template differently from training for conversations {bad}")
         bad_tok = [p[:40] for p in probes
@@ -441,9 +546,8 @@ def llamacpp_parity(gguf_path: Path, ref, train_tok, convs: list[list[dict]], pr
             r = post("/completion", {"prompt": ids[0].tolist(), "n_predict": max_new_tokens, "temperature": 0,
                                      "top_k": 1, "return_tokens": True, "cache_prompt": False})
             b = list(r.get("tokens") or [])
-            a_cmp = a[:-1] if a and a[-1] == eos else a
-            b_cmp = b[:-1] if b and b[-1] == eos else b
-            rec = {"prompt": i, "llama_cpp": train_tok.decode(b_cmp), "identical": a_cmp == b_cmp}
+            a_cmp, b_cmp = _strip_eos(a, eos), _strip_eos(b, eos)
+            rec = {"prompt": i, "llama_cpp": train_tok.decode(b_cmp), "tokens": b, "identical": a_cmp == b_cmp}
             if a_cmp == b_cmp:
                 identical += 1
             else:
@@ -535,7 +639,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     from transformers import AutoTokenizer
 
     from train import modelfile as mf
-    from train.gguf_writer import write_llama_gguf
+    from train.gguf_writer import QUANTIZER, GGUFExportError, write_gguf
 
     if cfg.format not in FORMATS:
         raise ExportError(f"--format {cfg.format!r}: choose one of {', '.join(FORMATS)}")
@@ -548,7 +652,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         return merged_rep
 
     train_tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
-    train_template = train_tok.chat_template
+    render = renderer(train_tok)
     out = default_out(cfg)
     _check_out(out)
     partial = out.with_name(out.name + ".partial")
@@ -557,44 +661,32 @@ def export(cfg: ExportConfig, log=print) -> dict:
     partial.mkdir(parents=True)
     report: dict[str, Any] = {"format": cfg.format, "run": str(info.run_dir), "ok": False,
                               "adapter_sha256": merged_rep.get("adapter_sha256"),
-                              "merge_max_abs_logit_diff": merged_rep.get("merge_max_abs_logit_diff")}
+                              "merge_max_abs_logit_diff": merged_rep.get("merge_max_abs_logit_diff"),
+                              "quantizer": QUANTIZER[cfg.dtype]}
     try:
         spec = None
         if cfg.format == "ollama":
             # fail fast on a template we cannot serve, before the slow part
-            spec = mf.derive_chatml_spec(renderer(train_tok))
+            spec = mf.derive_spec(render, bos_text(train_tok, render))
         gguf_name = "model.gguf" if cfg.format == "ollama" else f"model-{cfg.dtype}.gguf"
         log(f"writing {gguf_name} ({cfg.dtype}) …")
-        write_llama_gguf(merged_dir, partial / gguf_name, dtype=cfg.dtype,
-                         chat_template=serving_template(train_template),
-                         name=cfg.name or f"{info.run_dir.name}", progress=cfg.progress)
+        add_bos = bos_text(train_tok, render) is not None
+        write_gguf(merged_dir, partial / gguf_name, dtype=cfg.dtype, chat_template=served_template(train_tok),
+                   name=cfg.name or f"{info.run_dir.name}", progress=cfg.progress, add_bos=add_bos)
+        report["add_bos"] = add_bos
         prompts, source = heldout_prompts(info, cfg.prompts)
         report["prompts_source"] = source
         log(f"checking GGUF parity on {len(prompts)} prompts from {source} …")
         report["gguf"] = gguf_parity(merged_dir, partial / gguf_name, train_tok, prompts, cfg.dtype,
-                                     cfg.max_new_tokens)
+                                     cfg.max_new_tokens, render=render)
         if cfg.format == "ollama":
-            template = mf.go_template(spec)
-            params = {"num_ctx": _num_ctx(info, merged_dir)}
-            text = mf.modelfile_text(spec, template, gguf_name=gguf_name, params=params,
-                                     header=f"Exported from {info.run_dir} by `python -m train export`.\n"
-                                            "TEMPLATE reproduces the training chat template; checked at export.")
-            parsed = mf.parse_modelfile(text)
-            if dict(parsed).get("template") != template:
-                raise ExportError("Modelfile does not parse back to the TEMPLATE we rendered (Ollama's quoting rules)")
-            results = mf.template_parity(template, renderer(train_tok), mf.PARITY_CONVERSATIONS + prompts)
-            bad = [r for r in results if not r.ok]
-            if bad:
-                raise ExportError("Modelfile TEMPLATE parity failed:\n  - " + "\n  - ".join(r.diff() for r in bad))
-            (partial / "Modelfile").write_text(text, encoding="utf-8")
-            report["modelfile"] = {"conversations_checked": len(results), "default_system": spec.default_system,
-                                   "stop": spec.stop, "params": params}
+            report["modelfile"] = _write_modelfile(spec, info, partial, gguf_name, render, prompts)
         report["ok"] = True
         report["seconds"] = round(time.time() - t0, 1)
     except Exception as e:
         report["error"] = str(e)
         (partial / "export_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        if isinstance(e, ExportError):
+        if isinstance(e, (ExportError, GGUFExportError, mf.TemplateError)):
             raise ExportError(f"{e}\n(partial output left in {partial})") from None
         raise
     (partial / "export_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
@@ -603,9 +695,33 @@ def export(cfg: ExportConfig, log=print) -> dict:
     return report
 
 
-def _num_ctx(info: RunInfo, merged_dir: Path) -> int:
-    cfg = _read_json(merged_dir / "config.json")
-    ctx = int(cfg.get("max_position_embeddings") or 2048)
+def _write_modelfile(spec, info: RunInfo, partial: Path, gguf_name: str, render, prompts: list[list[dict]]) -> dict:
+    """Write the Modelfile after checking that Ollama would read back our TEMPLATE and render training's prompts."""
+    from train import modelfile as mf
+
+    template = mf.go_template(spec)
+    params = {"num_ctx": _num_ctx(info, partial / gguf_name)}
+    text = mf.modelfile_text(spec, template, gguf_name=gguf_name, params=params,
+                             header=f"Exported from {info.run_dir} by `python -m train export`.\n"
+                                    f"TEMPLATE reproduces the training chat template (Ollama's {spec.family.name} "
+                                    "form); checked at export.")
+    if dict(mf.parse_modelfile(text)).get("template") != template:
+        raise ExportError("Modelfile does not parse back to the TEMPLATE we rendered (Ollama's quoting rules)")
+    results = mf.template_parity(template, render, mf.PARITY_CONVERSATIONS + prompts, spec)
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise ExportError("Modelfile TEMPLATE parity failed:\n  - " + "\n  - ".join(r.diff() for r in bad))
+    (partial / "Modelfile").write_text(text, encoding="utf-8")
+    return {"conversations_checked": len(results), "family": spec.family.name, "default_system": spec.default_system,
+            "bos_added_by_ollama": spec.bos, "content_stripped_by_template": spec.trims, "stop": spec.stop,
+            "params": params}
+
+
+def _num_ctx(info: RunInfo, gguf_path: Path) -> int:
+    from train.gguf_writer import read_metadata
+
+    meta = read_metadata(gguf_path)
+    ctx = int(next((v for k, v in meta.items() if k.endswith(".context_length")), 2048))
     for key in ("config.max_seq_length", "config.max_length", "config.max_seq_len"):
         v = _dig(info.manifest, key)
         if isinstance(v, int) and v > 0:
@@ -621,20 +737,24 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Export a trained run for serving, and prove that serving matches training.\n\n"
             "  merged  HF folder with the LoRA adapter folded into the base weights\n"
-            "  gguf    one GGUF file (f16 or q8_0) for llama.cpp\n"
+            "  gguf    one GGUF file (f16, q8_0, q5_k_m or q4_k_m) for llama.cpp\n"
             "  ollama  model.gguf + Modelfile whose TEMPLATE reproduces the training chat template\n\n"
-            "Every export runs parity checks (merged vs adapter logits; GGUF reloaded with transformers vs\n"
-            "merged: greedy outputs on held-out prompts, logits, tokenizer ids, chat template; the same\n"
-            "against real llama.cpp when the xllamacpp wheel is installed; Modelfile template vs training\n"
-            "template) and fails with a non-zero exit if one does not hold. Details: docs/export.md."
+            "Architectures: llama (Llama 3.x, SmolLM2), mistral, qwen2, qwen3, gemma2, gemma3_text, phi3.\n\n"
+            "Every export runs parity checks (merged vs adapter logits; GGUF weights read back vs merged;\n"
+            "real llama.cpp (the xllamacpp wheel) on the GGUF: chat template, tokenizer ids and greedy\n"
+            "outputs on held-out prompts vs training; transformers' GGUF loader as a second opinion;\n"
+            "Modelfile template vs training template) and fails with a non-zero exit if one does not\n"
+            "hold. Details: docs/export.md."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", required=True, type=Path, help="run folder written by `python -m train`")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write (see above)")
-    p.add_argument("--dtype", default="f16", choices=DTYPES, help="GGUF weight type (default f16; q8_0 is ~half the size)")
+    p.add_argument("--dtype", default="f16", choices=DTYPES, help="GGUF weight type (default f16; q8_0 ~half the size; q5_k_m / q4_k_m: llama.cpp's "
+                   "K-quant mixes, need the xllamacpp wheel)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/FORMAT[-DTYPE])")
-    p.add_argument("--base", default=None, help="base model override (folder, .gguf, or embedded:…); default: from the run")
+    p.add_argument("--base", default=None, help="base model override (folder, .gguf, embedded:… or hub id); "
+                   "default: the run's resolved base folder")
     p.add_argument("--prompts", type=int, default=4, help="held-out prompts in the greedy parity check (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens per prompt in that check (default 24)")
     p.add_argument("--name", default=None, help="model name stored in the GGUF (default: the run folder name)")
@@ -666,22 +786,30 @@ def summary(rep: dict) -> str:
         lines.append(f"  merge: merged vs adapter max |Δlogit| = {rep['merge_max_abs_logit_diff']:.2e}")
     g = rep.get("gguf")
     if g:
-        lines.append(f"  gguf {g['dtype']}: {g['identical_greedy_outputs']}/{g['prompts']} identical greedy outputs "
-                     f"({rep.get('prompts_source')}); max |Δlogit| {g['max_abs_logit_diff']:.3f} "
-                     f"(tolerance {g['logit_atol']}); top-1 agreement {g['top1_agreement']:.3f}; "
-                     f"tokenizer {g['tokenizer_probes_checked']} probes and chat template "
-                     f"{g['template_conversations_checked']} conversations identical")
+        if g.get("transformers_checked"):
+            lines.append(f"  gguf {g['dtype']} ({rep.get('quantizer')}), transformers' GGUF loader: "
+                         f"{g['identical_greedy_outputs']}/{g['prompts']} identical greedy outputs "
+                         f"({rep.get('prompts_source')}); max |Δlogit| {g['max_abs_logit_diff']:.3f} "
+                         f"(tolerance {g['logit_atol']}); top-1 agreement {g['top1_agreement']:.3f}; "
+                         f"{len(g['transformers_failures'])} failed checks (reported; llama.cpp decides)")
+        else:
+            lines.append(f"  gguf {g['dtype']} ({rep.get('quantizer')}): transformers cannot read it back "
+                         f"({g.get('transformers_note')})")
+        lines.append(f"  GGUF weights read back into the merged model: max |Δlogit| {g['weights_readback_max_abs_logit_diff']:.3g}")
         lc = g.get("llama_cpp") or {}
         if lc.get("checked"):
             lines.append(f"  llama.cpp ({lc['version']}): {lc['identical_greedy_outputs']}/{lc['prompts']} identical greedy "
-                         f"outputs; chat template {lc['template_conversations_checked']} conversations and tokenizer "
+                         f"outputs vs the {g['reference']} ({lc['identical_to_merged']} vs the merged model); chat "
+                         f"template {lc['template_conversations_checked']} conversations and tokenizer "
                          f"{lc['tokenizer_probes_checked']} probes identical")
         else:
             lines.append(f"  llama.cpp: not checked ({lc.get('reason')})")
     m = rep.get("modelfile")
     if m:
-        lines.append(f"  Modelfile: TEMPLATE renders identically to training on {m['conversations_checked']} conversations; "
-                     f"default system prompt {m['default_system']!r}")
+        lines.append(f"  Modelfile ({m['family']}): TEMPLATE renders identically to training on "
+                     f"{m['conversations_checked']} conversations; default system prompt {m['default_system']!r}"
+                     + ("; the training template strips message content, a Go template cannot: send stripped content"
+                        if m["content_stripped_by_template"] else ""))
     return "\n".join(lines)
 
 

@@ -2,13 +2,16 @@
 
 Owns:
 
-* :func:`derive_chatml_spec` — reads, by rendering probe conversations through
-  the *training* chat template, what the serving template must reproduce: the
-  ChatML turn markers and the default system prompt that the training
-  template inserts when a conversation has no system message;
+* :func:`derive_spec` — reads, by rendering probe conversations through the
+  *training* chat template, what the serving template must reproduce: which of
+  Ollama's published template families (:data:`TEMPLATE_FAMILIES`: chatml,
+  llama3-instruct, gemma-instruct, mistral-instruct, phi-3) its turn markers
+  are, the BOS text, the default system prompt (or system preamble) it inserts,
+  where the system text goes when the family has no system turn, and whether
+  it strips message content;
 * :func:`go_template` / :func:`modelfile_text` — the Ollama ``TEMPLATE`` (Go
   ``text/template``) and the whole ``Modelfile`` (``FROM ./model.gguf``,
-  ``TEMPLATE``, ``PARAMETER stop …``);
+  ``TEMPLATE``, ``PARAMETER stop …`` with the family's stop strings);
 * :func:`render_go` — a renderer for the subset of Go ``text/template`` that
   chat templates use (text, ``{{- -}}`` trimming, comments, fields, variables,
   string literals, ``if / else if / else``, ``range`` with optional
@@ -23,8 +26,8 @@ Owns:
   the one we rendered;
 * :func:`template_parity` — the check that the Go template renders exactly
   what ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``
-  renders, for single- and multi-turn conversations with and without a system
-  prompt.
+  renders (after the BOS Ollama adds), for single- and multi-turn conversations
+  with and without a system prompt that end with a user turn.
 
 Nothing here needs Ollama installed; see docs/export.md for what was and was
 not verified against a real Ollama.
@@ -33,74 +36,141 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
-
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-
 
 class TemplateError(ValueError):
     """The training template cannot be expressed, or a Go template is invalid."""
 
 
-# --------------------------------------------------------------- derive spec
+# ------------------------------------------------------------ template families
 
-@dataclass
-class ChatMLSpec:
-    """What the serving template must do, read off the training template.
+@dataclass(frozen=True)
+class Family:
+    """One of Ollama's published chat templates (``template/<name>.gotmpl`` in Ollama), as turn markers.
 
     Fields:
-        default_system: system prompt the training template inserts when the
-            first message is not a system message (``None`` when it inserts none).
-        lead: text rendered before the first turn in every conversation (a
-            BOS string for some templates; empty for SmolLM2's).
-        stop: strings that end an assistant turn.
+        name: the Ollama template this family mirrors.
+        turns: role -> (prefix, suffix) around a message's content; ``system`` is absent when the family has
+            no system turn and puts the system text inside a user turn instead.
+        gen: the generation prompt (opens the assistant turn).
+        stop: Ollama's ``PARAMETER stop`` strings for the family (from its ``<name>.json``).
+        system_in: ``first`` / ``last``: the user turn that carries the system text when there is no system turn.
     """
 
-    default_system: str | None
+    name: str
+    turns: dict[str, tuple[str, str]]
+    gen: str
+    stop: tuple[str, ...]
+    system_in: str = ""
+
+
+TEMPLATE_FAMILIES: tuple[Family, ...] = (
+    Family("chatml", {r: (f"<|im_start|>{r}\n", "<|im_end|>\n") for r in ("system", "user", "assistant")},
+           "<|im_start|>assistant\n", ("<|im_end|>", "<|im_start|>")),
+    Family("llama3-instruct", {r: (f"<|start_header_id|>{r}<|end_header_id|>\n\n", "<|eot_id|>")
+                               for r in ("system", "user", "assistant")},
+           "<|start_header_id|>assistant<|end_header_id|>\n\n", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+    Family("gemma-instruct", {"user": ("<start_of_turn>user\n", "<end_of_turn>\n"),
+                              "assistant": ("<start_of_turn>model\n", "<end_of_turn>\n")},
+           "<start_of_turn>model\n", ("<start_of_turn>", "<end_of_turn>"), system_in="first"),
+    Family("mistral-instruct", {"user": ("[INST] ", "[/INST]"), "assistant": (" ", "</s>")}, "",
+           ("[INST]", "[/INST]"), system_in="last"),
+    Family("phi-3", {r: (f"<|{r}|>\n", "<|end|>\n") for r in ("system", "user", "assistant")},
+           "<|assistant|>\n", ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")),
+)
+
+
+@dataclass
+class ChatSpec:
+    """What the serving template must do, read off the training template by rendering probe conversations.
+
+    Fields:
+        family: the Ollama template family whose turn markers the training template uses.
+        default_system: system text used when the first message is not a system message (``None``: no
+            system turn then).
+        bos: the BOS text the training template starts with; Ollama adds the BOS token itself
+            (``tokenizer.ggml.add_bos_token`` is set), so the TEMPLATE leaves it out.
+        lead: other text before the first turn.
+        preamble: text the template writes at the start of the system turn, before the system content
+            (Llama 3.x: ``Cutting Knowledge Date: …``).
+        sep: between the system text and the user text when ``family.system_in`` puts it in a user turn.
+        trims: the training template strips whitespace around message content, which a Go template cannot
+            do: served prompts match for content without leading/trailing whitespace (checked that way).
+    """
+
+    family: Family
+    default_system: str | None = None
+    bos: str = ""
     lead: str = ""
-    stop: list[str] = field(default_factory=lambda: [IM_END, IM_START])
+    preamble: str = ""
+    sep: str = ""
+    trims: bool = False
+
+    @property
+    def stop(self) -> list[str]:
+        return list(self.family.stop)
+
+
+def chatml_spec(default_system: str | None = None, lead: str = "") -> ChatSpec:
+    return ChatSpec(TEMPLATE_FAMILIES[0], default_system=default_system, lead=lead)
 
 
 _PU, _PS, _PA, _PU2 = "\x00U1\x00", "\x00S\x00", "\x00A1\x00", "\x00U2\x00"
 
 
-def derive_chatml_spec(render: Callable[[list[dict]], str]) -> ChatMLSpec:
-    """Probe ``render`` (training template, generation prompt on) for a ChatMLSpec.
+def _msgs(*pairs: tuple[str, str]) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in pairs]
 
-    Raises :class:`TemplateError` naming the probe whose rendering is not the
-    ChatML shape; the Modelfile generator supports ChatML templates only.
+
+def derive_spec(render: Callable[[list[dict]], str], bos_token: str | None = None) -> ChatSpec:
+    """Probe ``render`` (training template, generation prompt on) for a :class:`ChatSpec`.
+
+    Raises :class:`TemplateError` naming the probe whose rendering fits none of
+    :data:`TEMPLATE_FAMILIES`.
     """
-    def turn(role: str, content: str) -> str:
-        return f"{IM_START}{role}\n{content}{IM_END}\n"
+    one = render(_msgs(("user", _PU)))
+    fam = next((f for f in TEMPLATE_FAMILIES if one.endswith(f.turns["user"][0] + _PU + f.turns["user"][1] + f.gen)),
+               None)
+    if fam is None:
+        raise TemplateError(
+            f"training chat template fits none of the Ollama template families "
+            f"({', '.join(f.name for f in TEMPLATE_FAMILIES)}): a single user turn renders as {one!r}")
+    pu, tail = fam.turns["user"][0], fam.turns["user"][1] + fam.gen
+    head = one[: -len(pu + _PU + tail)]
+    bos = bos_token if bos_token and head.startswith(bos_token) and not any(
+        p.startswith(bos_token) for p, _ in fam.turns.values()) else ""
+    head = head[len(bos):]
+    with_sys = render(_msgs(("system", _PS), ("user", _PU)))
+    spec = ChatSpec(fam, bos=bos)
+    if not with_sys.startswith(bos) or not with_sys.endswith(_PU + tail) or _PS not in with_sys:
+        raise TemplateError(f"training template ({fam.name}): a system + user conversation renders as {with_sys!r}")
+    before, after = with_sys[len(bos):].split(_PS)
+    after = after[: -len(_PU + tail)]
+    if "system" in fam.turns:
+        ps, ss = fam.turns["system"]
+        if not (ps in before and after == ss + pu):
+            raise TemplateError(f"training template ({fam.name}) renders the system turn as {with_sys!r}")
+        spec.lead, spec.preamble = before.split(ps, 1)
+        if head != spec.lead:
+            m = re.fullmatch(re.escape(spec.lead + ps + spec.preamble) + "(.*)" + re.escape(ss + pu), head + pu, re.S)
+            if not m:
+                raise TemplateError(f"training template ({fam.name}) inserts {head!r} before the first turn, which is "
+                                    "not a system turn")
+            spec.default_system = m.group(1)
+    else:
+        if not before.endswith(pu):
+            raise TemplateError(f"training template ({fam.name}) puts the system text at {with_sys!r}")
+        spec.lead, spec.sep = before[: -len(pu)], after
+        if head != spec.lead:
+            raise TemplateError(f"training template ({fam.name}): text before the first turn differs with "
+                                f"({spec.lead!r}) and without ({head!r}) a system message")
+    spaced = render(_msgs(("system", f" {_PS} "), ("user", f" {_PU} "), ("assistant", f" {_PA} "), ("user", _PU2)))
+    spec.trims = any(f" {p} " not in spaced for p in (_PS, _PU, _PA))
+    return spec
 
-    gen = f"{IM_START}assistant\n"
-    no_sys = render([{"role": "user", "content": _PU}])
-    tail = turn("user", _PU) + gen
-    if not no_sys.endswith(tail):
-        raise TemplateError(
-            "training chat template is not ChatML: a single user turn renders as "
-            f"{no_sys!r}, expected it to end with {tail!r}"
-        )
-    head = no_sys[: -len(tail)]
-    with_sys = render([{"role": "system", "content": _PS}, {"role": "user", "content": _PU}])
-    tail_s = turn("system", _PS) + turn("user", _PU) + gen
-    if not with_sys.endswith(tail_s):
-        raise TemplateError(
-            f"training chat template is not ChatML with system turns: renders {with_sys!r}, expected the end {tail_s!r}"
-        )
-    lead = with_sys[: -len(tail_s)]
-    if not head.startswith(lead):
-        raise TemplateError(f"training template: text before the first turn differs with ({lead!r}) and without ({head!r}) a system message")
-    rest = head[len(lead):]
-    default_system = None
-    if rest:
-        m = re.fullmatch(re.escape(IM_START) + r"system\n(.*)" + re.escape(IM_END) + r"\n", rest, flags=re.S)
-        if not m:
-            raise TemplateError(f"training template inserts {rest!r} before the first turn, which is not a ChatML system turn")
-        default_system = m.group(1)
-    return ChatMLSpec(default_system=default_system, lead=lead)
+
+derive_chatml_spec = derive_spec  # the name from when only ChatML was supported
 
 
 # -------------------------------------------------------------- emit template
@@ -114,27 +184,53 @@ def _go_literal(text: str) -> str:
     return text
 
 
-def go_template(spec: ChatMLSpec) -> str:
+def _role_pattern(fam: Family) -> tuple[str, str, str] | None:
+    """``(before, after, suffix)`` when every role's turn is ``before + role + after … suffix`` (print ``.Role``)."""
+    if set(fam.turns) != {"system", "user", "assistant"} or len({s for _, s in fam.turns.values()}) != 1:
+        return None
+    before, _, after = fam.turns["user"][0].partition("user")
+    ok = all(p == before + r + after for r, (p, _) in fam.turns.items())
+    return (before, after, fam.turns["user"][1]) if ok else None
+
+
+def go_template(spec: ChatSpec) -> str:
     """The Ollama TEMPLATE reproducing the training template with a generation prompt.
 
-    Every turn is closed with ``<|im_end|>\\n`` and the assistant generation
-    prompt is always appended, exactly as ``apply_chat_template(...,
-    add_generation_prompt=True)`` does.
+    Modelled on Ollama's own template for ``spec.family`` (it ranges over
+    ``.Messages``, which keep the system message), with the lead text,
+    default system prompt and system preamble the training template renders.
+    The BOS text is left out: Ollama adds the BOS token.
     """
-    # No {{- }} trimming next to literal text: it would eat the newlines the
-    # training template renders.
+    fam, L = spec.family, _go_literal
+    # No {{- }} trimming next to literal text: it would eat the newlines the training template renders.
     out = []
+    first_not_system = '{{ if and .Messages (ne (index .Messages 0).Role "system") }}'
     if spec.default_system is not None:
-        out.append(
-            '{{ if and .Messages (ne (index .Messages 0).Role "system") }}'
-            + _go_literal(spec.lead + f"{IM_START}system\n" + spec.default_system + f"{IM_END}\n")
-            + ("{{ else }}" + _go_literal(spec.lead) if spec.lead else "")
-            + "{{ end }}"
-        )
-    elif spec.lead:
-        out.append(_go_literal(spec.lead))
-    out.append("{{ range .Messages }}" + IM_START + "{{ .Role }}\n{{ .Content }}" + IM_END + "\n{{ end }}")
-    out.append(f"{IM_START}assistant\n")
+        ps, ss = fam.turns["system"]
+        out.append(first_not_system + L(spec.lead + ps + spec.preamble + spec.default_system + ss)
+                   + ("{{ else }}" + L(spec.lead) if spec.lead else "") + "{{ end }}")
+    else:
+        out.append(L(spec.lead))
+    pattern = _role_pattern(fam)
+    if pattern and not spec.preamble:
+        before, after, suffix = pattern
+        out.append("{{ range .Messages }}" + L(before) + "{{ .Role }}" + L(after) + "{{ .Content }}" + L(suffix)
+                   + "{{ end }}")
+    else:
+        sys_text = '{{ if and (eq (index $.Messages 0).Role "system") %s }}{{ (index $.Messages 0).Content }}' \
+                   + L(spec.sep) + "{{ end }}"
+        inline = {"first": sys_text % "(eq $i 1)", "last": sys_text % "(eq (len (slice $.Messages $i)) 1)"}
+        (pu, su), (pa, sa) = fam.turns["user"], fam.turns["assistant"]
+        body = ["{{ range $i, $m := .Messages }}"]
+        if "system" in fam.turns:
+            ps, ss = fam.turns["system"]
+            body.append('{{ if eq .Role "system" }}' + L(ps + spec.preamble) + "{{ .Content }}" + L(ss) + "{{ else ")
+        else:
+            body.append("{{ ")
+        body.append('if eq .Role "user" }}' + L(pu) + inline.get(fam.system_in, "") + "{{ .Content }}" + L(su)
+                    + '{{ else if eq .Role "assistant" }}' + L(pa) + "{{ .Content }}" + L(sa) + "{{ end }}{{ end }}")
+        out.append("".join(body))
+    out.append(L(fam.gen))
     return "".join(out)
 
 
@@ -145,7 +241,7 @@ def _param_value(v: Any) -> str:
 
 
 def modelfile_text(
-    spec: ChatMLSpec,
+    spec: ChatSpec,
     template: str | None = None,
     *,
     gguf_name: str = "model.gguf",
@@ -164,6 +260,7 @@ def modelfile_text(
     for k, v in (params or {}).items():
         lines.append(f"PARAMETER {k} {_param_value(v)}")
     return "\n".join(lines) + "\n"
+
 
 
 # ------------------------------------------------------- Modelfile parsing
@@ -645,11 +742,26 @@ class ParityResult:
         return f"first difference at char {i}: training {e[max(0, i - 30):i + 30]!r} vs served {g[max(0, i - 30):i + 30]!r}"
 
 
+def serving_conversations(conversations: list[list[dict]], spec: ChatSpec | None = None) -> list[list[dict]]:
+    """The conversations a parity check compares: those ending with a user turn (the serving case: a trailing
+    assistant message is a prefill for Ollama and llama.cpp), with contents stripped when the training
+    template strips them (``spec.trims``: a Go template cannot)."""
+    out = []
+    for c in conversations:
+        if not c or c[-1]["role"] != "user":
+            continue
+        out.append([{**m, "content": m["content"].strip()} for m in c] if spec is not None and spec.trims else c)
+    return out
+
+
 def template_parity(
     template: str,
     train_render: Callable[[list[dict]], str],
     conversations: list[list[dict]] | None = None,
+    spec: ChatSpec | None = None,
 ) -> list[ParityResult]:
-    """Render each conversation with the Go template (as Ollama would) and the training template."""
-    convs = conversations if conversations is not None else PARITY_CONVERSATIONS
-    return [ParityResult(c, train_render(c), render_ollama(template, c)) for c in convs]
+    """Render each serving conversation with the Go template (as Ollama would, plus the BOS text Ollama adds as
+    a token) and with the training template."""
+    convs = serving_conversations(conversations if conversations is not None else PARITY_CONVERSATIONS, spec)
+    bos = spec.bos if spec is not None else ""
+    return [ParityResult(c, train_render(c), bos + render_ollama(template, c)) for c in convs]

@@ -112,5 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         from .llamacpp import main as llamacpp_main
 
         return llamacpp_main(argv[1:])
-    a = build_parser().parse_args(argv)
+    from curate.entry import flag_spellings
+
+    with flag_spellings():  # --batch-size or --batch_size, as every verb
+        a = build_parser().parse_args(argv)
     return cmd_generate(a)

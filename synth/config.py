@@ -73,6 +73,31 @@ class SynthConfig:
     """Word-set Jaccard with the seed's user text above which a candidate is a useless copy."""
     max_heldout_similarity: float = 0.6
     """Word-set Jaccard with ANY held-out user text above which a candidate is rejected (leak)."""
+    # --- combined reward (synth.reward.combine: format × novelty × label × judge) ---------------
+    min_reward: float = 0.2
+    """Combined reward (0..1) below which a candidate is rejected (``reward-low``); 0 = store the score, reject nothing.
+    0.2: where precision x recall (F1) of good vs planted bad candidates peaked (flat over 0.15-0.25) on the dev seed
+    of ``bench/reward_filter.py`` with the embedded judge (whose factor is ~0.73 for everything)."""
+    reward_embedder: str = "embedded:all-minilm-l6-v2"
+    """Sentence embedder of the novelty and label-consistency signals (a local sentence-transformers folder
+    works too); ``"off"`` = those two signals do not apply (count 1)."""
+    label_c: float = 100.0
+    """Inverse regularisation of the label classifier (scikit-learn ``LogisticRegression(C=…)``); weak
+    regularisation makes p(label | text) decisive on a few rows per label."""
+    label_names: bool = True
+    """Add each label's own name (``card_arrival`` -> "card arrival") as one more training row of that label: a
+    prior that matters when a label has only a few records; off for opaque label ids."""
+    label_min_rows: int = 20
+    """Labelled human train records the label classifier needs (and >= 2 labels); fewer: the label signal is off."""
+    novelty_lo: float = 0.90
+    """Similarity (cosine to the seed or the nearest train record, character similarity to the seed) up to which
+    the novelty factor is 1."""
+    novelty_hi: float = 0.98
+    """Similarity from which the novelty factor is 0 (a copy); linear between ``novelty_lo`` and this."""
+    min_words: int = 4
+    """A generated message of fewer words gets format factor words/min_words (0 = no lower bound)."""
+    max_words: int = 40
+    """A generated message of more words gets format factor max_words/words (0 = no upper bound)."""
     refusal_phrases: list[str] = field(default_factory=lambda: [
         "as an ai", "as a language model", "i cannot", "i can't help", "i'm sorry, but", "i am sorry, but",
         "i'm not able to", "i am unable", "cannot assist", "here is a paraphrase", "here's a paraphrase",
@@ -91,10 +116,17 @@ class SynthConfig:
             raise ValueError(f"{where}: judge_max_tokens must be >= 1, got {self.judge_max_tokens}")
         if not 1 <= self.min_judge_score <= 5:
             raise ValueError(f"{where}: min_judge_score must be within 1..5, got {self.min_judge_score}")
-        for name in ("max_seed_similarity", "max_heldout_similarity", "min_english_ratio"):
+        for name in ("max_seed_similarity", "max_heldout_similarity", "min_english_ratio", "min_reward",
+                     "novelty_lo", "novelty_hi"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ValueError(f"{where}: {name} must be within 0..1, got {v}")
+        if self.novelty_hi < self.novelty_lo:
+            raise ValueError(f"{where}: novelty_hi ({self.novelty_hi}) must be >= novelty_lo ({self.novelty_lo})")
+        if self.label_c <= 0:
+            raise ValueError(f"{where}: label_c must be > 0, got {self.label_c}")
+        if self.min_words < 0 or self.max_words < 0 or (self.max_words and self.min_words > self.max_words):
+            raise ValueError(f"{where}: need 0 <= min_words <= max_words (0 = no bound), got {self.min_words}, {self.max_words}")
         return self
 
 

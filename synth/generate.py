@@ -6,7 +6,9 @@ Each candidate ends in exactly one place:
   "model", "strategy", "prompt_hash"}``, ``source=Source("synthetic", …)``,
   ``split="train"`` (synthetic records are never held out: they would grade the
   model on text that a model wrote from training seeds) and
-  ``signals["reward"] = {"score", "rationale", "judge_model", "heuristics"}``;
+  ``signals["reward"] = {"score", "rationale", "judge_model", "heuristics", "combined", "signals"}``
+  (``score``: the judge's 1-5 as before; ``combined``: the filter's reward in [0, 1],
+  :func:`synth.reward.combine`; ``signals``: each factor and what it was measured from);
 * or the synth log ``<workspace>/reports/synth-log.jsonl`` with its scores and the
   reason (rejected by a filter, unparseable, a backend error after retries, or
   already in the store).
@@ -26,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from curate.example import Example, MessageError, Source
 
@@ -65,18 +69,23 @@ def generate(
     progress: bool = False,
     chunk: int = 0,
     sleep: Callable[[float], None] = time.sleep,
+    embedder: rw.Embedder | None = None,
 ) -> dict[str, Any]:
-    """Generate ``n`` candidates with ``strategy``; return the run's counters."""
+    """Generate ``n`` candidates with ``strategy``; return the run's counters.
+
+    ``embedder``: texts -> unit vectors for the novelty and label signals (default: ``cfg.reward_embedder``)."""
     cfg = cfg or SynthConfig()
     seeds = load_seeds(store, seed_filters) if strategy != "doc-qa" else []
     chunks = store.chunks() if strategy == "doc-qa" else []
     cands = plan(strategy, n, seeds, chunks, getattr(cfg, "fewshot", 3), cfg.seed,
                  doc_system=cfg.system_prompt)
     heldout = rw.HeldoutIndex.from_store(store)
+    reward_model = rw.RewardModel.from_store(store, cfg, embed=embedder)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     counts: dict[str, Any] = {"run_id": run_id, "strategy": strategy, "backend": backend.name, "model": backend.model,
                               "requested": n, "seeds": len(seeds) if strategy != "doc-qa" else len(chunks),
-                              "heldout_indexed": len(heldout),
+                              "heldout_indexed": len(heldout), "reward_model": reward_model.info,
+                              "min_reward": cfg.min_reward,
                               "accepted": 0, "rejected": 0, "duplicate": 0, "error": 0, "reasons": {},
                               "judge_parse": {"logprobs": 0, "json": 0, "pattern": 0, "unparseable": 0}, "calls": 0,
                               "cache_hits": 0, "retries": 0, "failed": 0}
@@ -102,7 +111,8 @@ def generate(
     with open(log_path(store), "a", encoding="utf-8") as log:
         for s in range(0, len(cands), chunk):
             part = cands[s : s + chunk]
-            _run_chunk(part, store, backend, cfg, heldout, call, gen_params, judge_params, bar, log, counts, run_id)
+            _run_chunk(part, store, backend, cfg, heldout, call, gen_params, judge_params, bar, log, counts, run_id,
+                       reward_model)
     if bar is not None:
         bar.close()
     counts.update(calls=stats.calls, cache_hits=stats.cache_hits, retries=stats.retries, failed=stats.errors)
@@ -112,8 +122,10 @@ def generate(
     return counts
 
 
+# long: one chunk's pipeline in order (heuristics, signals, judge, combine, store, log); to be split into steps
 def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig, heldout: rw.HeldoutIndex,
-               call: Any, gen_params: Any, judge_params: dict, bar: Any, log: Any, counts: dict, run_id: str) -> None:
+               call: Any, gen_params: Any, judge_params: dict, bar: Any, log: Any, counts: dict, run_id: str,
+               reward_model: rw.RewardModel) -> None:
     for c in part:
         c.prompt_hashes.append(prompt_hash(c.prompt))
     answers = call([(c.prompt, gen_params(c.index)) for c in part])
@@ -135,6 +147,7 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
     # heuristics (and message validation) before the judge: no judge call for a sure reject
     heur: dict[int, dict] = {}
     examples: dict[int, Example] = {}
+    written: dict[int, str] = {}  # the text the model wrote: new user turn(s), else all new turns
     for c in part:
         if c.error is not None or not c.messages:
             c.error = c.error or "no-output"
@@ -142,6 +155,7 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
         new_users = [m["content"] for m in c.messages[len(c.base):] if m["role"] == "user"]
         h = rw.heuristics(new_turns_text(c), c.seed_texts, heldout, cfg, new_users)
         heur[c.index] = h
+        written[c.index] = "\n".join(new_users) or new_turns_text(c)
         reason = rw.heuristic_reason(h, cfg)
         if reason:
             c.error = reason
@@ -150,6 +164,22 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
             examples[c.index] = _example(c, store, backend)
         except MessageError as e:
             c.error = f"invalid-chat: {e}"
+    # reward signals (format, novelty, label) before the judge: the judge factor is at most 1, so a
+    # candidate already below min_reward without it is a sure reject and costs no judge call
+    sigs: dict[int, dict] = {}
+    vecs: dict[int, Any] = {}
+    measured = [c for c in part if c.index in examples]
+    if measured:
+        ms, V = reward_model.measure([written[c.index] for c in measured], [examples[c.index].label for c in measured],
+                                     [c.seed_texts for c in measured], [examples[c.index].id for c in measured])
+        for k, (c, sg) in enumerate(zip(measured, ms)):
+            sigs[c.index] = sg
+            if V is not None:
+                vecs[c.index] = V[k]
+            reason = rw.reward_reason(sg, cfg)
+            if reason:
+                c.error = reason
+                del examples[c.index]
     judged: dict[int, dict] = {}
     to_judge = [c for c in part if c.index in examples]
     if cfg.judge and to_judge:
@@ -166,7 +196,9 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
         if c.index not in examples:
             continue
         j = judged.get(c.index)
-        reason = rw.decide(heur[c.index], j, cfg)
+        sg = sigs[c.index]
+        sg["judge"] = rw.judge_factor(j["score"]) if j else None
+        reason = rw.decide(heur[c.index], j, cfg, sg)
         if reason:
             c.error = reason
             del examples[c.index]
@@ -180,10 +212,16 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
             "judge_probs": j.get("probs") if j else None,
             "judge_mass": j.get("mass") if j else None,
             "heuristics": heur[c.index],
+            "combined": rw.combine(sg),  # the filter's reward, 0..1: format × novelty × label × judge
+            "min_reward": cfg.min_reward,
+            "signals": sg,
         }
         keep.append(ex)
     added, present = store.add_examples(keep, occurrences=False) if keep else ([], [])
     added_set = set(added)
+    new = [c.index for c in part if c.index in examples and examples[c.index].id in added_set and c.index in vecs]
+    if new:
+        reward_model.add_rows([examples[i].id for i in new], np.stack([vecs[i] for i in new]))
     for c in part:
         ex = examples.get(c.index)
         if ex is not None:
@@ -200,6 +238,7 @@ def _run_chunk(part: list[Candidate], store: Any, backend: Any, cfg: SynthConfig
             "run_id": run_id, "at": time.time(), "decision": decision, "reason": reason, "strategy": c.strategy,
             "candidate": c.index, "parent_ids": c.parent_ids, "record_id": ex.id if ex is not None else None,
             "messages": c.messages, "raw": c.raw, "judge": j, "heuristics": heur.get(c.index),
+            "reward": ({"combined": rw.combine(sigs[c.index]), "signals": sigs[c.index]} if c.index in sigs else None),
             "backend": backend.name, "model": backend.model, "prompt_hash": c.prompt_hashes[0] if c.prompt_hashes else None,
         }, ensure_ascii=False) + "\n")
     log.flush()

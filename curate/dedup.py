@@ -10,7 +10,11 @@ Detectors (all three unless some are named):
                   candidates (bands/rows derived from the threshold so that a pair
                   AT the threshold becomes a candidate with probability ≥ 0.99),
                   then each candidate pair is verified by the exact Jaccard of
-                  its two shingle sets (docs/dedup.md);
+                  its two shingle sets (docs/dedup.md). Pairs whose texts have
+                  ≤ ``--edit-words`` (20) words are decided instead by the word
+                  edit rule of curate/shortdup.py (typos, swaps, filler or dropped
+                  words: ≤ 5 points; another word in place of one: never), whose
+                  pairs of texts of up to 32 words are added too;
 * ``--semantic``  sentence-embedding cosine ≥ ``--cosine`` (default 0.95,
                   calibrated on BANKING77: see docs/dedup.md), embeddings cached
                   per record so a rerun embeds only new records.
@@ -45,6 +49,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import minhash as mh
+from . import shortdup as sd
 from .example import Example
 from .models import DEFAULT_EMBED
 from .store import Store
@@ -72,6 +77,7 @@ class DedupConfig:
     redis_url: str | None = None  #: keep the LSH index in Redis (datasketch storage)
     redis_basename: str | None = None  #: shared index name (several workers); default: fresh per run
     report_examples: int = 200  #: clusters written into the Markdown report
+    edit_words: int = sd.SHORT_MAX_WORDS  #: near pairs of texts up to this many words are decided by the edit rule (0: off)
 
 
 def record_text(e: Example, fld: str) -> str:
@@ -108,6 +114,7 @@ class Corpus:
     exact: np.ndarray | None = None
     emb: np.ndarray | None = None
     shingle: str = ""
+    enc: "sd.Encoded | None" = None  #: word ids of the texts for the edit rule (curate.shortdup)
 
 
 def _bar(total: int, desc: str, on: bool):
@@ -119,14 +126,19 @@ def _bar(total: int, desc: str, on: bool):
 
 
 def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None = None, *,
-                progress: bool = False, embed_stats=None) -> Corpus:
+                progress: bool = False, embed_stats=None, encoder: "sd.Encoder | None" = None) -> Corpus:
     """Stream records, computing LSH band keys / exact hashes / embeddings batch by batch
-    (full signatures too only when the LSH index goes to Redis, which needs them)."""
+    (full signatures too only when the LSH index goes to Redis, which needs them), and the
+    word ids of short texts for the edit rule (into ``encoder`` when given — several corpora
+    sharing one vocabulary —, else into ``Corpus.enc``)."""
     from .embed import embed
 
     c = Corpus()
     b, r = mh.lsh_params(cfg.threshold, cfg.num_perm)
     keys, sigs, exacts, embs = [], [], [], []
+    own = None
+    if encoder is None and uses_edit_rule(cfg):
+        encoder = own = sd.Encoder()
     bar = _bar(store.count(filters), "dedup: hashing", progress)
     batch: list[Example] = []
 
@@ -139,6 +151,8 @@ def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None =
         exacts.append(x)
         if cfg.redis_url:
             sigs.append(mh.signatures_of(texts, c.shingle, cfg.num_perm, batch=cfg.batch)[0])
+        if encoder is not None:
+            encoder.add(texts)
         if "semantic" in cfg.detectors:
             embs.append(embed(store, [e.id for e in batch], texts, model=cfg.model, field=cfg.field,
                               progress=progress, stats=embed_stats))
@@ -164,7 +178,35 @@ def load_corpus(store: Store, cfg: DedupConfig, filters: dict[str, Any] | None =
     c.sig = np.concatenate(sigs) if sigs else None
     c.exact = np.concatenate(exacts) if exacts else np.zeros(0, np.uint64)
     c.emb = np.concatenate(embs) if embs else None
+    c.enc = own.finish() if own is not None else None
     return c
+
+
+def uses_edit_rule(cfg: DedupConfig) -> bool:
+    return "near" in cfg.detectors and cfg.edit_words > 0
+
+
+def merge_near(jac: tuple[np.ndarray, np.ndarray], enc: "sd.Encoded | None", edit: tuple[np.ndarray, np.ndarray],
+               edit_words: int, stats: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The near detector's pairs: Jaccard-verified MinHash pairs whose longer text has more
+    than ``edit_words`` words, plus the edit-rule pairs (curate/shortdup.py; texts of up to
+    INDEX_MAX_WORDS words). A pair found by both keeps its Jaccard. Pairs are (i, j) rows of
+    ``enc``, i < j or (leakage) left side first."""
+    p, s = jac
+    if enc is not None and len(p):
+        keep = ~sd.both_short(enc, p, edit_words)
+        p, s = p[keep], s[keep]
+    ep, es = edit
+    if stats is not None:
+        stats["jaccard_pairs"] = stats.get("jaccard_pairs", 0) + int(len(p))
+        stats["edit_pairs"] = stats.get("edit_pairs", 0) + int(len(ep))
+    if not len(ep):
+        return p, s
+    if len(p):
+        have = set(map(tuple, p.tolist()))
+        new = np.array([tuple(x) not in have for x in ep.tolist()], bool)
+        ep, es = ep[new], es[new]
+    return (np.concatenate([p, ep]).astype(np.int64), np.concatenate([s.astype(np.float32), es.astype(np.float32)]))
 
 
 def store_texts(store: Store, ids: list[str], fld: str) -> Callable[[np.ndarray], list[str]]:
@@ -208,9 +250,10 @@ def redis_near_candidates(sig: np.ndarray, keys: list[str], rows: np.ndarray, b:
 
 
 def find_pairs(c: Corpus, cfg: DedupConfig, rows: np.ndarray, b: int, r: int, texts: mh.TextSource,
-               progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+               progress: bool = False, near_stats: dict[str, int] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Pairs (global row indices) and scores per detector among ``rows``; ``texts``
-    gives the texts of candidate rows for the exact Jaccard of the near detector."""
+    gives the texts of candidate rows for the exact Jaccard of the near detector, whose
+    pairs of short texts are decided by the edit rule instead (:func:`merge_near`)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "exact" in cfg.detectors:
         p = mh.exact_pairs(c.exact[rows])
@@ -225,6 +268,9 @@ def find_pairs(c: Corpus, cfg: DedupConfig, rows: np.ndarray, b: int, r: int, te
         else:
             cand = mh.lsh_candidates_keys(c.keys, ok)
         p, s = mh.verify_pairs(cand, texts, c.shingle, cfg.threshold)
+        if c.enc is not None:
+            ep, _, es = sd.near_pairs(c.enc, rows)
+            p, s = merge_near((p, s), c.enc, (ep, es), cfg.edit_words, near_stats)
         out["near"] = (p, s)
     if "semantic" in cfg.detectors and c.emb is not None and len(rows):
         from .embed import cosine_pairs
@@ -281,6 +327,8 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
         raise ValueError(f"--threshold must be in (0, 1), got {cfg.threshold}")
     if not -1 <= cfg.cosine <= 1:
         raise ValueError(f"--cosine must be in [-1, 1], got {cfg.cosine}")
+    if cfg.edit_words < 0:
+        raise ValueError(f"--edit-words must be ≥ 0, got {cfg.edit_words}")
     t0 = time.time()
     b, r = mh.lsh_params(cfg.threshold, cfg.num_perm)
     est = EmbedStats()
@@ -289,11 +337,13 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
     split_arr = np.array(c.split)
     clusters: list[dict[str, Any]] = []
     per_det: dict[str, dict[str, int]] = {d: {"pairs": 0, "clusters": 0, "removed": 0} for d in cfg.detectors}
+    near_stats: dict[str, int] = {}
     for sp in ("train", "heldout"):
         rows = np.flatnonzero(split_arr == sp)
         if not len(rows):
             continue
-        pairs = find_pairs(c, cfg, rows, b, r, store_texts(store, c.ids, cfg.field), progress=progress)
+        pairs = find_pairs(c, cfg, rows, b, r, store_texts(store, c.ids, cfg.field), progress=progress,
+                           near_stats=near_stats)
         cl, pd = cluster(c, pairs)
         for cc in cl:
             cc["split"] = sp
@@ -316,6 +366,8 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
     for i in range(0, len(items), 5000):
         store.update_signals(dict(items[i : i + 5000]))
     removed = sum(len(cc["members"]) for cc in clusters)
+    if "near" in per_det and near_stats:
+        per_det["near"].update(near_stats)
     counters = {
         "read": len(c.ids),
         "by_split": dict(Counter(c.split)),
@@ -325,7 +377,8 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
         "detectors": per_det,
         "params": {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": b, "rows": r,
                    "candidate_probability_at_threshold": round(mh.candidate_probability(cfg.threshold, b, r), 4),
-                   "near_verification": "exact Jaccard", "shingle": c.shingle, "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
+                   "near_verification": "exact Jaccard", "shingle": c.shingle, **edit_rule_params(cfg),
+                   "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
                    "model": cfg.model if "semantic" in cfg.detectors else None, "field": cfg.field,
                    "redis": bool(cfg.redis_url)},
         "embeddings": {"cached": est.cached, "computed": est.computed} if "semantic" in cfg.detectors else None,
@@ -340,6 +393,14 @@ def run(store: Store, cfg: DedupConfig, *, progress: bool = False) -> dict[str, 
     store.meta_put("dedup_counters", counters)
     store.meta_put("dedup_report_path", str(report))
     return {"counters": counters, "clusters": clusters}
+
+
+def edit_rule_params(cfg: DedupConfig) -> dict[str, Any]:
+    """The edit rule's settings for the counters (curate/shortdup.py, docs/dedup.md)."""
+    if not uses_edit_rule(cfg):
+        return {"edit_rule": None}
+    return {"edit_rule": {"decides_pairs_up_to_words": cfg.edit_words, "indexes_texts_up_to_words": sd.INDEX_MAX_WORDS,
+                          "budget_points": sd.BUDGET, "costs": sd.COSTS}}
 
 
 def reports_dir(store: Store) -> Path:
@@ -413,6 +474,9 @@ def add_detector_args(p: argparse.ArgumentParser, default_field: str) -> None:
                    help="shingle Jaccard ≥ --threshold (MinHash LSH candidates, verified by exact Jaccard)")
     g.add_argument("--semantic", action="store_true", help="embedding cosine ≥ --cosine")
     g.add_argument("--threshold", type=float, default=0.8, metavar="J", help="Jaccard threshold of --near (default 0.8)")
+    g.add_argument("--edit-words", type=int, default=sd.SHORT_MAX_WORDS, metavar="N",
+                   help=f"--near pairs of texts of up to N words are decided by the word edit rule instead of Jaccard "
+                        f"(typos, swaps, filler/dropped words; curate/shortdup.py); 0: Jaccard only (default {sd.SHORT_MAX_WORDS})")
     g.add_argument("--num-perm", type=int, default=128, help="MinHash signature length, a power of two (default 128)")
     g.add_argument("--shingle", choices=["auto", "word", "char"], default="auto",
                    help="word 3-grams, char 5-grams, or auto (char when the median text has < 12 words)")
@@ -440,7 +504,7 @@ def detectors_from_args(args: argparse.Namespace) -> tuple[str, ...]:
 def main(args: argparse.Namespace, store: Store) -> int:
     cfg = DedupConfig(detectors=detectors_from_args(args), threshold=args.threshold, num_perm=args.num_perm,
                       shingle=args.shingle, cosine=args.cosine, model=args.model, field=args.field, batch=args.batch,
-                      redis_url=args.redis_url, redis_basename=args.redis_basename)
+                      redis_url=args.redis_url, redis_basename=args.redis_basename, edit_words=args.edit_words)
     res = run(store, cfg, progress=not args.json and sys.stderr.isatty())
     k = res["counters"]
     if args.json:
@@ -452,6 +516,10 @@ def main(args: argparse.Namespace, store: Store) -> int:
     print(f"near: Jaccard ≥ {pr['threshold']}, {pr['shingle']} shingles, {pr['num_perm']} perms → {pr['bands']} bands × "
           f"{pr['rows']} rows (a pair at the threshold is a candidate with p = {pr['candidate_probability_at_threshold']}), "
           f"candidates verified by exact Jaccard")
+    if pr.get("edit_rule"):
+        er = pr["edit_rule"]
+        print(f"      pairs of texts ≤ {er['decides_pairs_up_to_words']} words: word edit rule instead (≤ {er['budget_points']} "
+              f"points: two small edits, or a dropped content word and one small edit; docs/dedup.md)")
     for det, v in k["detectors"].items():
         print(f"  {det:9s} pairs {v['pairs']:7d}  clusters {v['clusters']:6d}  flagged {v['removed']:6d}")
     if k.get("embeddings"):

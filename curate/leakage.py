@@ -4,7 +4,9 @@ Compares the workspace ``train`` records with its ``heldout`` records and with
 every ``--against`` file (an eval set you will report numbers on), using the
 same three detectors as ``curate dedup`` (exact after normalisation, shingle
 Jaccard ≥ ``--threshold`` — MinHash LSH candidates verified by exact Jaccard —,
-embedding cosine ≥ ``--cosine``).
+or for pairs of texts of ≤ ``--edit-words`` words the word edit rule of
+curate/shortdup.py (a query copied with a typo, a swap, a filler or a dropped
+word), embedding cosine ≥ ``--cosine``).
 By default the *prompts* are compared (``--field user``: the user turns), since
 a test question seen in training inflates the score whatever the answer.
 
@@ -37,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from . import minhash as mh
-from .dedup import (DETECTORS, DedupConfig, _short, add_detector_args, detectors_from_args, load_corpus, store_texts,
-                    record_text, reports_dir)
+from . import shortdup as sd
+from .dedup import (DETECTORS, DedupConfig, _short, add_detector_args, detectors_from_args, edit_rule_params, load_corpus,
+                    merge_near, record_text, reports_dir, store_texts, uses_edit_rule)
 from .store import Store
 
 HELP = "flag train records that match held-out records or external eval files (blocks them from snapshots)"
@@ -137,6 +140,7 @@ def read_eval_file(path: str | Path, text_column: str | None, fld: str = "user")
     return out
 
 
+# long: one pass over both sides — read, the three detectors in priority order, signals, report, counters
 def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_column: str | None = None,
         *, progress: bool = False) -> dict[str, Any]:
     from .embed import EmbedStats, cosine_pairs, embed, text_key
@@ -148,8 +152,9 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         sample = [record_text(e, cfg.field) for e in store.query({"split": "train"}, limit=2000)]
         cfg.shingle = mh.choose_shingle(sample, "auto")
     est = EmbedStats()
-    train = load_corpus(store, cfg, {"split": "train"}, progress=progress, embed_stats=est)
-    held = load_corpus(store, cfg, {"split": "heldout"}, progress=progress, embed_stats=est)
+    encoder = sd.Encoder() if uses_edit_rule(cfg) else None  # one vocabulary: train, held-out, eval rows in that order
+    train = load_corpus(store, cfg, {"split": "train"}, progress=progress, embed_stats=est, encoder=encoder)
+    held = load_corpus(store, cfg, {"split": "heldout"}, progress=progress, embed_stats=est, encoder=encoder)
     # the "other" side: held-out records, then every eval file's texts
     o_src = ["heldout"] * len(held.ids)
     o_id: list[str | None] = list(held.ids)
@@ -160,6 +165,8 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         k_, x = mh.lsh_keys_of(texts, cfg.shingle, cfg.num_perm, b, r, batch=cfg.batch)
         keys.append(k_)
         exacts.append(x)
+        if encoder is not None:
+            encoder.add(texts)
         if "semantic" in cfg.detectors:
             embs.append(embed(store, [text_key(t) for t in texts], texts, model=cfg.model, field="eval",
                               progress=progress, stats=est))
@@ -206,8 +213,13 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
             return [t if t is not None else o_text[o[k]] for k, t in enumerate(out)]  # type: ignore[misc]
 
         p, s = mh.verify_pairs(cand[cross], texts, cfg.shingle, cfg.threshold)
+        near_stats: dict[str, int] = {}
+        if encoder is not None:  # short texts: the edit rule decides (curate/shortdup.py)
+            enc = encoder.finish()
+            ep, _, es = sd.near_pairs(enc, cross=n_tr)
+            p, s = merge_near((p, s), enc, (ep, es), cfg.edit_words, near_stats)
         p = np.stack([p[:, 0], p[:, 1] - n_tr], axis=1) if len(p) else p
-        per_det["near"] = {"pairs": add(p, s, "near")}
+        per_det["near"] = {"pairs": add(p, s, "near"), **near_stats}
     if "semantic" in cfg.detectors and n_tr and embs:
         o_emb = np.concatenate([e for e in embs if e is not None and len(e)]) if any(len(e) for e in embs) else None
         if o_emb is not None and train.emb is not None:
@@ -245,7 +257,7 @@ def run(store: Store, cfg: DedupConfig, against: list[str] | None = None, text_c
         "detectors": per_det,
         "params": {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": b, "rows": r,
                    "candidate_probability_at_threshold": round(mh.candidate_probability(cfg.threshold, b, r), 4),
-                   "near_verification": "exact Jaccard", "shingle": cfg.shingle,
+                   "near_verification": "exact Jaccard", "shingle": cfg.shingle, **edit_rule_params(cfg),
                    "cosine": cfg.cosine if "semantic" in cfg.detectors else None,
                    "model": cfg.model if "semantic" in cfg.detectors else None, "field": cfg.field},
         "embeddings": {"cached": est.cached, "computed": est.computed} if "semantic" in cfg.detectors else None,
@@ -306,7 +318,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, store: Store) -> int:
     cfg = DedupConfig(detectors=detectors_from_args(args), threshold=args.threshold, num_perm=args.num_perm,
-                      shingle=args.shingle, cosine=args.cosine, model=args.model, field=args.field, batch=args.batch)
+                      shingle=args.shingle, cosine=args.cosine, model=args.model, field=args.field, batch=args.batch,
+                      edit_words=args.edit_words)
     if args.redis_url:
         print("note: --redis-url applies to `curate dedup`; leakage keeps its (train × eval) index in memory", file=sys.stderr)
     res = run(store, cfg, args.against, args.text_column, progress=not args.json and sys.stderr.isatty())
@@ -318,6 +331,10 @@ def main(args: argparse.Namespace, store: Store) -> int:
     print(f"{k['leaking_train_records']} leaking train record(s), {k['hits']} hit(s) {k['hits_by_source']}  ({k['seconds']} s)")
     for det, v in k["detectors"].items():
         print(f"  {det:9s} hits {v.get('hits', 0):6d}  train records {v.get('train_records', 0):6d}")
+    if k["params"].get("edit_rule") and "near" in k["detectors"]:
+        print(f"  near pairs: {k['detectors']['near'].get('edit_pairs', 0)} by the word edit rule (texts of ≤ "
+              f"{k['params']['edit_rule']['decides_pairs_up_to_words']} words), {k['detectors']['near'].get('jaccard_pairs', 0)} "
+              f"by Jaccard ≥ {k['params']['threshold']}")
     for f, n in k["eval_rows_skipped"].items():
         print(f"  skipped {n} row(s) of {f} without usable text (listed in the report)")
     print(f"report: {k['report']}")

@@ -65,12 +65,19 @@ def test_dedup_signals_clusters_and_rerun(store):
         assert s["duplicate_of"] == keeper and s["dup_cluster"] == keeper and s["dedup_at"] > 0
         assert s["dup_detector"] in ("exact", "near") and 0.8 <= s["dup_score"] <= 1.0
     assert got[ids[1]]["dup_detector"] == "exact"
-    # a near score is the exact Jaccard of the two char-5-gram sets (not a MinHash estimate)
+    # texts of ≤ 20 words: the near score is the edit rule's, 1 − cost / (2·words): "long" is one
+    # inserted content word (3 points) in 17 words (curate/shortdup.py)
+    assert got[ids[2]]["dup_detector"] == "near" and got[ids[2]]["dup_score"] == round(1 - 3 / 34, 4)
+    # with the edit rule off (--edit-words 0) it is the exact Jaccard of the two char-5-gram sets
+    # (not a MinHash estimate), as for longer texts
+    dedup.run(store, dedup.DedupConfig(detectors=("exact", "near"), shingle="char", edit_words=0))
     def grams(t):
         u = mh.normalize(t).encode()
         return {u[i : i + 5] for i in range(len(u) - 4)}
     a, c = grams(BASE), grams(BASE.replace("two weeks", "two long weeks"))
-    assert got[ids[2]]["dup_detector"] == "near" and got[ids[2]]["dup_score"] == round(len(a & c) / len(a | c), 4)
+    s2 = store.get(ids[2]).signals
+    assert s2["dup_detector"] == "near" and s2["dup_score"] == round(len(a & c) / len(a | c), 4)
+    dedup.run(store, cfg)
     assert not got[ids[3]] and not got[ids[5]]  # unrelated; other split
     rep = Path(store.meta_get("dedup_report_path"))
     assert rep.exists() and "keep" in rep.read_text() and rep.with_suffix(".jsonl").exists()

@@ -34,6 +34,22 @@ CLI run 131 → 181 near hits. Read by eye (bench/results/dedup_b77_diff.json li
 The library test below asserts every example listed here (pair and Jaccard, or its absence).
 The decision at 0.8 is now exact, so these counts no longer depend on hashing luck at
 the threshold (only on an LSH miss, probability ≤ 0.008 per pair at J ≥ 0.8).
+
+Since the word edit rule (curate/shortdup.py) decides near pairs of texts of ≤ 20 words, the
+CLI run finds 704 near hits instead of 181 (``--edit-words 0`` still gives 181). Read by eye
+(568 train/other pairs gained, 45 lost):
+  gained, edited copies Jaccard missed:
+    train "I have lost my phone."                   ~ "I lost my phone!"
+    train "Do the disposable cards have any restrictions?" ~ "Do the disposable cards have restrictions?"
+    train "How can I transfer money to a beneficiary?" ~ "Can I transfer money to a beneficiery?"
+    train "I can't get my card out of the ATM"      ~ "I cannot get my card out of the ATM."
+  lost, different requests Jaccard had found:
+    train "How can I top up my account with a cheque?" ~ "… with a card?"  (a word replaced)
+    train "What do I have to do to change my pin?"  ~ "… change my name?"
+    train "The attempted transfer failed."          ~ "My attempted transfer failed."  (a function word replaced)
+  lost, rewordings beyond two small edits (the semantic detector's job):
+    train "When I was abroad the exchange rate for me was wrong." ~ "The exchange rate for me was wrong when I was abroad."
+    train "The app failed to verify my id."         ~ "The app failed to verify my identity."
 """
 from __future__ import annotations
 
@@ -188,12 +204,22 @@ def test_banking77_cli_workspace_vs_test_csv(workspace, capsys):
                 "--workspace", str(workspace), "--json"]) == 0
     k = json.loads(capsys.readouterr().out)
     assert k["params"]["shingle"] == "char"  # auto: median BANKING77 query has < 12 words
+    assert k["params"]["edit_rule"]["decides_pairs_up_to_words"] == 20
     assert k["read"]["train"] == 8001 and k["read"]["heldout"] == 1998
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 181
-    assert k["leaking_train_records"] == 191
-    assert k["hits_by_source"] == {"heldout": 63, str(B77 / "test.csv"): 140}
+    # near = MinHash/Jaccard for pairs with a text of > 20 words, the word edit rule below (docstring)
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 704
+    assert k["detectors"]["near"]["jaccard_pairs"] == 31 and k["detectors"]["near"]["edit_pairs"] == 698
+    assert k["leaking_train_records"] == 572
+    assert k["hits_by_source"] == {"heldout": 240, str(B77 / "test.csv"): 486}
     rep = Path(k["report"]).with_suffix(".jsonl").read_text()
     assert '"train_text": "I think my card is broke?"' in rep and '"other_text": "I think my card is broken"' in rep
+    assert '"other_text": "How can I top up my account with a card?"' not in rep  # "… with a cheque?": another request
+    # --edit-words 0: Jaccard ≥ 0.8 on char 5-grams for every pair, the counts before the edit rule
+    assert cli(["leakage", "--exact", "--near", "--edit-words", "0", "--against", str(B77 / "test.csv"),
+                "--text-column", "text", "--workspace", str(workspace), "--json"]) == 0
+    k0 = json.loads(capsys.readouterr().out)
+    assert k0["detectors"]["near"]["hits"] == 181 and k0["leaking_train_records"] == 191 and k0["params"]["edit_rule"] is None
+    assert k0["hits_by_source"] == {"heldout": 63, str(B77 / "test.csv"): 140}
 
 
 @pytest.mark.slow
@@ -202,14 +228,17 @@ def test_banking77_semantic_leakage(workspace, capsys):
     detector adds paraphrase-level leaks — BANKING77 is built from rewordings of the same
     77 requests, so about a fifth of its train queries have a test/held-out rewording, e.g.
       "how do I get my card to show in the app?" ~ "How do I make my card appear on the app?" (0.954).
-    Counts measured on CPU (all-MiniLM-L6-v2 fp32): 2887 semantic hits on 1547 train records;
-    a tolerance of 2 % absorbs float differences across BLAS/GPU."""
+    Counts measured on CPU (all-MiniLM-L6-v2 fp32): 2706 semantic hits on 1453 train records
+    (a hit counts for its strongest detector, exact > near > semantic: before the word edit
+    rule took the short near pairs, 2887 on 1547, and 1625 leaking train records instead of
+    1829; measured with 701 near hits, 3 fewer than now); a tolerance of 2 % absorbs float
+    differences across BLAS/GPU."""
     assert cli(["ingest", str(B77 / "train.csv"), "--workspace", str(workspace), "--json"]) == 0
     capsys.readouterr()
     assert cli(["leakage", "--against", str(B77 / "test.csv"), "--text-column", "text",
                 "--workspace", str(workspace), "--json"]) == 0
     k = json.loads(capsys.readouterr().out)
     sem = k["detectors"]["semantic"]
-    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 181
-    assert abs(sem["hits"] - 2887) <= 0.02 * 2887 and abs(sem["train_records"] - 1547) <= 0.02 * 1547
-    assert abs(k["leaking_train_records"] - 1625) <= 0.02 * 1625
+    assert k["detectors"]["exact"]["hits"] == 22 and k["detectors"]["near"]["hits"] == 704
+    assert abs(sem["hits"] - 2706) <= 0.02 * 2706 and abs(sem["train_records"] - 1453) <= 0.02 * 1453
+    assert abs(k["leaking_train_records"] - 1829) <= 0.02 * 1829

@@ -1,19 +1,24 @@
-"""What an evaluation writes into the run folder: ``report.json``, ``report.md``, ``report.png`` and
+"""What an evaluation writes into the run folder: ``report.json``, ``report.md``, ``report.png``, for label
+tasks ``confusion.png`` (the tuned model's confusion matrix on the held-out split, :func:`confusion_counts`), and
 ``predictions.jsonl`` (every item's prompt, reference and the prediction of every model and baseline, so
 ``python -m evaluate compare`` recomputes everything without generating again)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .baselines import DESCRIPTIONS, EMBEDDING, MAJORITY, REFERENCE
 from .external import EvalSet
-from .metrics import paired_scores, score
+from .metrics import first_line, paired_scores, score
 
 BASELINES = (MAJORITY, EMBEDDING, REFERENCE)
 PREDICTIONS = "predictions.jsonl"
 N_EXAMPLES = 50
+CONFUSION_TOP = 20  # labels with their own row and column; the rest are pooled
+OTHER_LABELS = "(other labels)"
+INVALID = "(invalid)"
 
 
 def table(metrics: dict) -> str:
@@ -116,13 +121,84 @@ def _md_set(b: dict) -> list[str]:
     return L + ([""] if b["baselines_skipped"] else [])
 
 
+def confusion_counts(refs: list[str], preds: list[str], top: int = CONFUSION_TOP) -> dict[str, Any]:
+    """Confusion matrix of a label task: a row per reference label, a column per predicted label.
+
+    The label set is the references' labels. A prediction is read as ``label_accuracy`` reads it (its first line,
+    stripped). The ``top`` most frequent reference labels (ties: alphabetical) get their own row and column; when
+    there are more labels, the others share one ``OTHER_LABELS`` row and column; a prediction outside the label set
+    goes to the ``INVALID`` column. Every item is counted once: the counts sum to ``len(refs)``."""
+    freq = Counter(r.strip() for r in refs)
+    shown = sorted(freq, key=lambda lab: (-freq[lab], lab))[:top]
+    pooled = len(freq) - len(shown)
+    rows = shown + ([OTHER_LABELS] if pooled else [])
+    cols = rows + [INVALID]
+    where = {lab: i for i, lab in enumerate(shown)}
+
+    def col(lab: str) -> int:
+        return where.get(lab, len(shown)) if lab in freq else len(cols) - 1
+
+    counts = [[0] * len(cols) for _ in rows]
+    for r, p in zip(refs, preds):
+        counts[col(r.strip())][col(first_line(p))] += 1
+    return {"rows": rows, "columns": cols, "counts": counts, "pooled_labels": pooled, "n": len(refs),
+            "correct": sum(first_line(p) == r.strip() for r, p in zip(refs, preds)),
+            "invalid": sum(row[-1] for row in counts)}
+
+
+def _confusion_chart(conf: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols, counts = conf["rows"], conf["columns"], conf["counts"]
+    fig, ax = plt.subplots(figsize=(2.5 + 0.42 * len(cols), 1.8 + 0.36 * len(rows)))
+    ax.imshow(counts, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(cols)), [c[:40] for c in cols], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [r[:40] for r in rows], fontsize=7)
+    peak = max((c for row in counts for c in row), default=0) or 1
+    for i, row in enumerate(counts):
+        for j, c in enumerate(row):
+            if c:
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=6, color="white" if c > peak / 2 else "black")
+    ax.set_xlabel("predicted (tuned)", fontsize=8)
+    ax.set_ylabel("reference", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _confusion(run_dir: Path, report: dict[str, Any]) -> list[str]:
+    """For a label task: ``confusion.png`` and ``report["confusion"]`` from the held-out tuned predictions
+    (``predictions.jsonl``); returns the report.md section."""
+    if not report.get("closed_label_set") or not (run_dir / PREDICTIONS).exists():
+        return []
+    rows = [r for r in read_predictions(run_dir) if r["set"] == "heldout"]
+    conf = confusion_counts([r["reference"] for r in rows], [r["predictions"]["tuned"] for r in rows])
+    report["confusion"] = {"set": "heldout", "model": "tuned", "file": "confusion.png", **conf}
+    report["plots"].append("confusion.png")
+    shown = len(conf["rows"]) - bool(conf["pooled_labels"])
+    which = (f"the {shown} most frequent labels, the other {conf['pooled_labels']} pooled as `{OTHER_LABELS}`"
+             if conf["pooled_labels"] else f"all {shown} labels")
+    _confusion_chart(conf, run_dir / "confusion.png",
+                     f"tuned on held-out (n={conf['n']}): {conf['correct']} correct, {conf['invalid']} invalid")
+    return ["## Confusion matrix (tuned, held-out)", "",
+            f"Rows: reference labels; columns: the tuned model's reply (first line); {which}; `{INVALID}`: a reply "
+            f"outside the label set ({conf['invalid']} of {conf['n']}). Counts: `report.json` → `confusion`.", "",
+            "![confusion matrix](confusion.png)", ""]
+
+
 def write_files(run_dir: Path, report: dict[str, Any], base_model: str) -> None:
-    """report.json, report.md and report.png from a finished report dict."""
+    """report.json, report.md, report.png and (label tasks) confusion.png from a finished report dict."""
+    report["plots"] = ["report.png"]
+    confusion_md = _confusion(run_dir, report)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     md = [f"# Evaluation of {run_dir.name}", "",
           f"Held-out split of snapshot `{report['snapshot']}`: {report['n']} examples, greedy decoding "
           f"(max {report['max_new_tokens']} new tokens). Base = `{base_model}` without the adapter. "
-          f"Every prediction: `{PREDICTIONS}`.", "", *_md_set(report)]
+          f"Every prediction: `{PREDICTIONS}`.", "", *_md_set(report), *confusion_md]
     for ef in report["eval_files"]:
         md += [f"## Eval file `{ef['path']}`", "",
                f"{ef['n']} items (sha256 `{ef['sha256'][:12]}…`, cleared by `{ef['leakage_report']}`"

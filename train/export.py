@@ -31,7 +31,8 @@ of three formats, each checked before it is published:
 Outputs are written to ``<out>.partial`` and renamed to ``<out>`` only when
 every check passed; a failed export exits non-zero, says which check failed,
 and leaves the partial folder for inspection.  Each output folder gets
-``export_report.json`` with every number measured.
+``export_report.json`` with every number measured, and a model card
+(``README.md``, :func:`train.card.write_export_card`) written from it and the run's files.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .card import write_export_card
 from .template import serving_template
 
 FORMATS = ("merged", "gguf", "ollama")
@@ -628,6 +630,7 @@ def _ensure_merged(cfg: ExportConfig, info: RunInfo, log) -> tuple[Path, dict]:
     rep = merge_adapter(info, partial, progress=cfg.progress)
     rep.update(format="merged", ok=True, adapter_sha256=sha, run=str(info.run_dir))
     (partial / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
+    write_export_card(partial, info.run_dir)
     _publish(partial, target)
     rep["out"] = str(target)
     log(f"merged: {target} (merged-vs-adapter max |Δlogit| {rep['merge_max_abs_logit_diff']:.2e})")
@@ -690,6 +693,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
             raise ExportError(f"{e}\n(partial output left in {partial})") from None
         raise
     (partial / "export_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    write_export_card(partial, info.run_dir)  # README.md: HF metadata, the export's facts, the run's card
     _publish(partial, out)
     report["out"] = str(out)
     return report

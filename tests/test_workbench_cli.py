@@ -121,3 +121,25 @@ def test_app_runs_streamlit_with_the_workspace_env(monkeypatch, tmp_path):
 def test_dispatch_runs_the_verb_main(monkeypatch, tmp_path, capsys):
     assert entry.main(["curate", "stats", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
     assert '"records": 0' in capsys.readouterr().out
+
+
+def test_every_verb_documents_one_flag_style():
+    """Every verb's --help lists its flags in one style, --kebab-case (the other spelling is accepted, not listed)."""
+    import argparse
+
+    from curate.cli import build_parser as curate_parser
+    from evaluate.__main__ import parser as evaluate_parser
+    from synth.cli import build_parser as synth_parser
+    from train.__main__ import build_parser as train_parser
+
+    def options(p: argparse.ArgumentParser):
+        for a in p._actions:
+            yield from (o for o in a.option_strings if o.startswith("--"))
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield from options(sub)
+
+    parsers = [train_parser(), synth_parser(), evaluate_parser(), entry.build_parser()]
+    parsers += [curate_parser(v) for v in ("ingest", "dedup", "leakage", "review", "snapshot", "stats")]
+    snake = sorted({o for p in parsers for o in options(p) if "_" in o})
+    assert snake == [], f"flags documented in snake_case: {snake}"

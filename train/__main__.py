@@ -34,13 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: $WORKBENCH_HOME or data/workspace)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file whose top-level keys are config fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (same steps in the end)")
-    p.add_argument("--num-processes", "--num_processes", type=int, default=1, metavar="N",
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="shortcut for `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
                         "-m train ...`: N processes (one per GPU; gloo on CPU), batch_size is per process")
-    g = p.add_argument_group("training config (every field; --key value or --key-name value)")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON (run folder, steps, "
+                                                      "losses, tokens, resolved model) instead of the run folder")
+    g = p.add_argument_group("training config (every field; --key-name value, --key_name works too; TOML keys "
+                             "are the field names with underscores)")
     for name, default, help_ in field_help():
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        g.add_argument(*flags, dest=f"cfg_{name}", default=None, metavar="V", help=f"{help_} (default: {default!r})")
+        g.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", default=None, metavar="V",
+                       help=f"{help_} (default: {default!r})")
     return p
 
 
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export_main
 
         return export_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    from curate.entry import flag_spellings
+
+    with flag_spellings():  # --batch-size (documented) or --batch_size
+        args = build_parser().parse_args(argv)
     if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _relaunch(argv, args.num_processes)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
@@ -103,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(str(run_dir))
+    if args.json:
+        import json
+
+        man = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+        keys = ("steps", "epochs", "tokens_seen", "train_loss", "train_seconds", "wall_time_s", "quantization",
+                "device", "model")
+        print(json.dumps({"run": str(run_dir), **{k: man.get(k) for k in keys},
+                          "engine": (man.get("engine") or {}).get("name")}, indent=1))
+    else:
+        print(str(run_dir))
     return 0
 
 

@@ -6,7 +6,9 @@ baselines (:mod:`evaluate.baselines`), on the held-out split and on every
 leakage-cleared ``--eval`` file (:mod:`evaluate.external`); writes
 ``report.md``, ``report.json``, ``report.png`` and ``predictions.jsonl`` into
 the run folder (:mod:`evaluate.report`).  ``python -m evaluate compare A B``
-compares two runs from their stored predictions (:mod:`evaluate.compare`).
+compares two runs from their stored predictions (:mod:`evaluate.compare`);
+``python -m evaluate ablate --snapshot S`` trains and scores variants of a
+snapshot (:mod:`evaluate.ablate`).
 """
 from __future__ import annotations
 
@@ -103,11 +105,9 @@ def prepare(run_dir: Path, limit: int | None = None, eval_files: Sequence[str] =
     return man, sdir, sets, train
 
 
-def model_predictions(run_dir: Path, man: dict, sets: list[EvalSet], max_new_tokens: int | None, batch_size: int
-                      ) -> tuple[dict[str, dict[str, list[str]]], dict[str, int]]:
-    """Base (adapter disabled) and tuned greedy replies per set, and the max new tokens each set used."""
+def load_base(run_dir: Path, man: dict):
+    """The run's tokenizer (with the chat template it was trained with) and its base model, on CUDA when there."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from train.recipe import attention_implementation
@@ -120,8 +120,15 @@ def model_predictions(run_dir: Path, man: dict, sets: list[EvalSet], max_new_tok
     base_path = base_model_path(man)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if cuda else torch.float32,
                                                 attn_implementation=attention_implementation(base_path))
-    if cuda:
-        base = base.cuda()
+    return tok, base.cuda() if cuda else base
+
+
+def model_predictions(run_dir: Path, man: dict, sets: list[EvalSet], max_new_tokens: int | None, batch_size: int
+                      ) -> tuple[dict[str, dict[str, list[str]]], dict[str, int]]:
+    """Base (adapter disabled) and tuned greedy replies per set, and the max new tokens each set used."""
+    from peft import PeftModel
+
+    tok, base = load_base(run_dir, man)
     model = PeftModel.from_pretrained(base, run_dir / man.get("adapter", "adapter"))
     model.eval()
     preds: dict[str, dict[str, list[str]]] = {}
@@ -271,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
         "run folder.", 100),
         epilog=("Compare two runs from their stored predictions (no generation):\n"
                 "  python -m evaluate compare RUN_A RUN_B [--eval FILE] [--json]   (see: python -m evaluate compare --help)\n"
+                "What the curation bought (variants of a snapshot trained and scored alike):\n"
+                "  python -m evaluate ablate --snapshot S [--variants ...] [--steps N] [--seeds K]   (see: ... ablate --help)\n"
                 "Guide: docs/evaluate.md"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished `python -m train` run folder")
@@ -316,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         from .compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["ablate"]:
+        from .ablate import main as ablate_main
+
+        return ablate_main(argv[1:])
     a = parser().parse_args(argv)
     run = Path(a.run)
     if not run.is_dir():

@@ -100,7 +100,7 @@ def test_help_lists_every_field():
 
     text = build_parser().format_help()
     for name in FIELDS:
-        assert f"--{name}" in text
+        assert f"--{name.replace('_', '-')}" in text
 
 
 # --- snapshot refusal ---------------------------------------------------------------------------------

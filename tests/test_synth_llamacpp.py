@@ -56,7 +56,12 @@ def test_generate_cli_end_to_end_against_llamacpp(llamacpp, workspace):
                                 source=Source("ticket", "seeds.csv", f"row {i}"), split="train", label=lab)
                         for i, (u, lab) in enumerate(SEEDS)])
     store.close()
+    # this test is about llama.cpp's server as backend and judge, not about the filter (tests/test_synth_reward*):
+    # the combined reward is off so that the 135M model's candidates reach the store
+    conf = workspace / "synth.toml"
+    conf.write_text("min_reward = 0.0\n")
     cmd = [sys.executable, "-m", "synth", "generate", "--strategy", "paraphrase", "--n", "4", "--backend", "openai",
+           "--config", str(conf),
            "--base-url", base + "/v1", "--model", "smollm2", "--concurrency", "4", "--max-new-tokens", "24",
            "--judge-prefill", "--timeout", "60", "--workspace", str(workspace), "--json", "--no-progress"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")

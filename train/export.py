@@ -763,11 +763,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens per prompt in that check (default 24)")
     p.add_argument("--name", default=None, help="model name stored in the GGUF (default: the run folder name)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the export report (export_report.json) as JSON")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from curate.entry import flag_spellings
+
+    with flag_spellings():
+        args = build_parser().parse_args(argv)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -780,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print(f"export FAILED: {e}", file=sys.stderr)
         return 1
-    print(summary(rep))
+    print(json.dumps(rep, indent=1, default=str) if args.json else summary(rep))
     return 0
 
 

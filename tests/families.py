@@ -356,3 +356,18 @@ def sample_conversations() -> dict[str, list[dict[str, str]]]:
                                              "with the 'Forgot password' link."},
         ],
     }
+
+
+def hf_target_loss(model, examples: list[dict]) -> float:
+    """The reference loss: transformers' own per-example loss (``model(input_ids, labels=...)``), weighted by each
+    example's target count, i.e. the mean over all assistant tokens. The engines are checked against it."""
+    import torch
+
+    tot = n = 0
+    with torch.no_grad():
+        for e in examples:
+            k = sum(1 for y in e["labels"][1:] if y != -100)
+            out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
+            tot += float(out.loss) * k
+            n += k
+    return tot / n

@@ -19,6 +19,8 @@ from train.config import TrainConfig, coerce, load
 from train.data import IGNORE, tokenize_example, tokenize_rows
 from train.template import TemplateMismatch, preflight
 
+from families import hf_target_loss  # noqa: E402  (tests/ helper module)
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -193,13 +195,7 @@ def _plain_loss(model_dir: Path, examples: list[dict]) -> float:
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(model_dir)
-    tot = n = 0
-    with torch.no_grad():
-        for e in examples:
-            k = sum(1 for y in e["labels"][1:] if y != IGNORE)
-            tot += float(m(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss) * k
-            n += k
-    return tot / n
+    return hf_target_loss(m, examples)
 
 
 @pytest.mark.parametrize("attn,fused", [("auto", False), ("varlen", False), ("varlen", True)])

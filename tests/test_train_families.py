@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import FAMILIES, build_tiny_model, populate_hf_cache
+from families import FAMILIES, build_tiny_model, hf_target_loss, populate_hf_cache
 
 from curate import snapshot as snap
 from curate.example import Example, Source
 from train.config import TrainConfig, load
-from train.data import IGNORE, tokenize_rows
+from train.data import tokenize_rows
 from train.template import TemplateMismatch, preflight, tokenize_with_mask
 
 NAMES = sorted(FAMILIES)
@@ -117,13 +117,7 @@ def _hf_loss(path: Path, examples: list[dict]) -> float:
     from train.recipe import attention_implementation
 
     m = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(path))
-    tot = n = 0
-    with torch.no_grad():
-        for e in examples:
-            k = sum(1 for y in e["labels"][1:] if y != IGNORE)
-            tot += float(m(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss) * k
-            n += k
-    return tot / n
+    return hf_target_loss(m, examples)
 
 
 @pytest.mark.parametrize("family", NAMES)

@@ -371,3 +371,21 @@ def hf_target_loss(model, examples: list[dict]) -> float:
             tot += float(out.loss) * k
             n += k
     return tot / n
+
+
+def approved_snapshot(store, n: int, labels: list[str], query: str = "customer query {i} about my card",
+                      system: str | None = None, name: str = "v1") -> None:
+    """``n`` support queries labelled round-robin from ``labels``, all approved by one reviewer, frozen as
+    snapshot ``name`` (the split rule decides train / held-out)."""
+    from curate import snapshot as snap
+    from curate.example import Example, Source
+
+    exs = []
+    for i in range(n):
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": query.format(i=i)}, {"role": "assistant", "content": labels[i % len(labels)]}]
+        exs.append(Example(msgs, Source("ticket", "t.csv", f"row {i}"), label=labels[i % len(labels)]))
+    store.add_examples(exs)
+    for e in exs:
+        store.add_event(e.id, "alice", "approve")
+    snap.create(store, name)

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import FAMILIES, build_tiny_model, hf_target_loss, populate_hf_cache
+from families import FAMILIES, approved_snapshot, build_tiny_model, hf_target_loss, populate_hf_cache
 
-from curate import snapshot as snap
-from curate.example import Example, Source
 from train.config import TrainConfig, load
 from train.data import tokenize_rows
 from train.template import TemplateMismatch, preflight, tokenize_with_mask
@@ -161,14 +159,8 @@ def test_unknown_architecture_falls_back_to_trl_with_a_notice(capsys):
 
 # --- resume, and the hub path -------------------------------------------------------------------------
 
-def _fill(store, n: int = 16) -> None:
-    exs = [Example([{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"customer query {i} about my card"},
-                    {"role": "assistant", "content": f"label_{i % 4}"}], Source("ticket", "t.csv", f"row {i}"),
-                   label=f"label_{i % 4}") for i in range(n)]
-    store.add_examples(exs)
-    for e in exs:
-        store.add_event(e.id, "alice", "approve")
-    snap.create(store, "v1")
+def _fill(store) -> None:
+    approved_snapshot(store, 16, [f"label_{k}" for k in range(4)], system=SYSTEM)
 
 
 def _train(ws: Path, base: str, out: Path, **over) -> Path:

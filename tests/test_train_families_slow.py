@@ -7,10 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from families import FAMILIES, build_tiny_model
-
-from curate import snapshot as snap
-from curate.example import Example, Source
+from families import FAMILIES, approved_snapshot, build_tiny_model
 
 pytestmark = pytest.mark.slow
 NAMES = sorted(FAMILIES)
@@ -22,18 +19,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {f: build_tiny_model(f, root / f) for f in NAMES}
 
 
-def _fill(store, n: int = 24) -> None:
-    intents = ["card_arrival", "exchange_rate", "top_up_failed", "lost_card"]
-    exs = [Example([{"role": "system", "content": "Reply with the intent label only."},
-                    {"role": "user", "content": f"hello, question number {i} about my card and my account"},
-                    {"role": "assistant", "content": intents[i % 4]}], Source("ticket", "t.csv", f"row {i}"),
-                   label=intents[i % 4]) for i in range(n)]
-    store.add_examples(exs)
-    for e in exs:
-        store.add_event(e.id, "alice", "approve")
-    snap.create(store, "v1")
-
-
 @pytest.mark.parametrize("engine", ["fast", "trl"])
 @pytest.mark.parametrize("family", NAMES)
 def test_family_trains_and_evaluates(models, family, engine, store, workspace, tmp_path):
@@ -41,7 +26,9 @@ def test_family_trains_and_evaluates(models, family, engine, store, workspace, t
     from train.config import load
     from train.recipe import train
 
-    _fill(store)
+    approved_snapshot(store, 24, ["card_arrival", "exchange_rate", "top_up_failed", "lost_card"],
+                      query="hello, question number {i} about my card and my account",
+                      system="Reply with the intent label only.")
     cfg = load(None, {"base_model": str(models[family]), "output_dir": str(tmp_path / "run"), "max_length": 96,
                       "batch_size": 4, "max_steps": 3, "logging_steps": 1, "engine": engine})
     run = train("v1", cfg, str(workspace))

@@ -7,24 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from families import build_tiny_model, hf_target_loss
+from families import approved_snapshot, build_tiny_model, hf_target_loss
 
 from curate import snapshot as snap
-from curate.example import Example, Source
 from train.config import load
 from train.data import tokenize_rows
 
 pytestmark = pytest.mark.integration
-
-
-def _fill(store, n: int = 20) -> None:
-    exs = [Example([{"role": "user", "content": f"customer query {i} about my card"},
-                    {"role": "assistant", "content": f"label_{i % 3}"}], Source("ticket", "t.csv", f"row {i}"),
-                   label=f"label_{i % 3}") for i in range(n)]
-    store.add_examples(exs)
-    for e in exs:
-        store.add_event(e.id, "alice", "approve")
-    snap.create(store, "v1")
 
 
 def test_tensorboard_mlflow_eval_loss_and_model_card(store, workspace, tmp_path, monkeypatch):
@@ -36,7 +25,7 @@ def test_tensorboard_mlflow_eval_loss_and_model_card(store, workspace, tmp_path,
     from train.recipe import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    _fill(store)
+    approved_snapshot(store, 20, [f"label_{k}" for k in range(3)])
     model = build_tiny_model("qwen2", tmp_path / "m")
     cfg = load(None, {"base_model": str(model), "output_dir": str(tmp_path / "run"), "max_length": 64,
                       "batch_size": 4, "max_steps": 4, "logging_steps": 1, "eval_steps": 2, "eval_examples": 3,

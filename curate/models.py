@@ -145,6 +145,15 @@ def resolve_model(spec: str = DEFAULT_CHAT) -> ResolvedModel:
     return _resolve_hub(spec, m.group("id"), m.group("rev"))
 
 
+def run_base_model(manifest: dict, spec: str, use_recorded: bool = True) -> Path:
+    """The local folder of a trained run's base model: the folder training resolved (the run manifest's
+    ``model.path``, then ``config.base_model_path``) while it still exists, else ``spec`` resolved again."""
+    for recorded in ((manifest.get("model") or {}).get("path"), (manifest.get("config") or {}).get("base_model_path")):
+        if use_recorded and recorded and (Path(recorded) / "config.json").exists():
+            return Path(recorded)
+    return resolve_model(spec).path
+
+
 def hub_cache() -> Path:
     from huggingface_hub import constants
 

@@ -52,13 +52,10 @@ def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_s
 
 def base_model_path(man: dict) -> Path:
     """The run's base model folder: the one training resolved, else the configured name resolved again."""
-    from curate.models import ModelNotFound, resolve_model
+    from curate.models import ModelNotFound, run_base_model
 
-    recorded = (man.get("model") or {}).get("path") or man["config"].get("base_model_path")
-    if recorded and (Path(recorded) / "config.json").exists():
-        return Path(recorded)
     try:
-        return resolve_model(man["config"]["base_model"]).path
+        return run_base_model(man, man["config"]["base_model"])
     except ModelNotFound as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -298,13 +298,9 @@ def heldout_prompts(info: RunInfo, n: int) -> tuple[list[list[dict]], str]:
 def base_model_path(info: RunInfo) -> Path:
     """The local folder of the run's base model: the manifest's resolved ``model.path``, then
     ``config.base_model_path``, else the base model name resolved again (folder, .gguf, embedded:, hub id)."""
-    for key in ("model.path", "config.base_model_path"):
-        v = _dig(info.manifest, key)
-        if isinstance(v, str) and v and info.base_field.startswith("manifest") and (Path(v) / "config.json").exists():
-            return Path(v)
-    from curate.models import materialize_chat_model
+    from curate.models import run_base_model
 
-    return materialize_chat_model(info.base_model)
+    return run_base_model(info.manifest, info.base_model, use_recorded=info.base_field.startswith("manifest"))
 
 
 def merge_adapter(info: RunInfo, out_dir: Path, progress: bool = True) -> dict:

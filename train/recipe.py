@@ -306,7 +306,7 @@ def prepare_tokenizer(model_path, train_rows: list[dict]):
     try:
         train_tpl = training_template(tok)
         # serving = what export writes for llama.cpp/Ollama: the model's own template (markers, if any, stripped)
-        marked = preflight(tok, train_rows, train_tpl, serving_template(train_tpl), train_tpl)
+        marked = preflight(tok, train_rows, train_tpl, serving_template(train_tpl))  # the base template is train_tpl itself
     except TemplateMismatch as e:
         raise TrainError(f"template preflight failed: {e}") from None
     tok.chat_template = train_tpl

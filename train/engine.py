@@ -487,7 +487,9 @@ class Engine:
                                   if c is not None))
         # attention kernel: "auto" (masked SDPA), "efficient", "varlen"; compiled on CUDA: varlen, not timed (one
         # graph for every length; the masked kernels' [T, T] mask would be one more dynamic input)
-        self.attn = self.tuning.attn or ("varlen" if self.compiled and self.cuda and self.varlen_ok else "auto")
+        # the one place the kernel lives: choose_attention switches it through this dict while it times each
+        self._attn = {"backend": self.tuning.attn or ("varlen" if self.compiled and self.cuda and self.varlen_ok
+                                                      else "auto")}
         if self.compiled:  # dynamic shapes: one graph for every micro-batch length
             for layer in self.body.layers[self.k:]:
                 layer.compile(dynamic=True)
@@ -497,6 +499,14 @@ class Engine:
             total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
             torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.gpu_memory_gib / total_gib))
         pm.train()
+
+    @property
+    def attn(self) -> str:
+        return self._attn["backend"]
+
+    @attn.setter
+    def attn(self, name: str) -> None:
+        self._attn["backend"] = name
 
     def _prefix_cache(self):
         if self.k <= 0:
@@ -601,7 +611,7 @@ class Engine:
                         torch.cuda.synchronize()
                         dts.append(time.perf_counter() - t0)
                         if rep == 0:
-                            probe_losses[(m, c, self._attn_box["backend"])] = float(loss)
+                            probe_losses[(m, c, self.attn)] = float(loss)
                 return real / min(dts[1:])
             except torch.OutOfMemoryError:
                 return None
@@ -630,26 +640,16 @@ class Engine:
         most = max(len(_pack_step(self.examples, ix, self.cfg.max_length, t.packing)[0]) for ix in steps0 if ix)
         need = max(1, math.ceil(most / self.cfg.grad_accum))
         probe_losses: dict = {}
-        self._attn_box = {"backend": self.attn}
         try_fb = self._prober(rows0, members0, probe_losses)
         self._probe_micro_batch(try_fb, need)
         if t.attn is None and not self.compiled:  # SDPA (cuDNN on Hopper) vs varlen flash vs efficient, timed
-            self._attn_box["backend"] = self.attn
-            self.attn = choose_attention(self._timed_with_attn(try_fb), self.micro_rows, self.ckpt_layers,
-                                         self.probe_trials, self._attn_box, probe_losses,
-                                         names=("varlen",) * self.varlen_ok + ("efficient", "auto"))
+            choose_attention(try_fb, self.micro_rows, self.ckpt_layers, self.probe_trials, self._attn, probe_losses,
+                             names=("varlen",) * self.varlen_ok + ("efficient", "auto"))
         self._say(f"micro-batch: {self.micro_rows} row(s) of {self.cfg.max_length} tokens, {self.ckpt_layers}/"
                   f"{self.n_active} trained layer(s) with activation checkpointing, attention {self.attn} "
                   f"(timed {len(self.probe_trials)} tries)")
         small_step_notice(self.rank, sum(min(len(self.examples[i]["input_ids"]), self.cfg.max_length)
                                          for ix in steps0 for i in ix) / max(1, len(steps0)), self.cfg)
-
-    def _timed_with_attn(self, try_fb):
-        """try_fb under the kernel choose_attention has put in the shared box."""
-        def run(m: int, c: int):
-            self.attn = self._attn_box["backend"]
-            return try_fb(m, c)
-        return run
 
     def _probe_micro_batch(self, try_fb, need: int) -> None:
         # slack of an eighth of the layers: at 1 layer (15/16 on the 1B shape) a later step ran out of memory
@@ -665,7 +665,7 @@ class Engine:
             for layer in self.body.layers[self.k:]:
                 uncompile(layer)
             self.compiled = False
-            self.attn = self._attn_box["backend"] = self.tuning.attn or "auto"
+            self.attn = self.tuning.attn or "auto"
             self.micro_rows, self.ckpt_layers, self.probe_trials = choose_micro_batch(try_fb, need, self.n_active,
                                                                                       margin_layers=margin)
 
